@@ -1,0 +1,327 @@
+"""One run of ``ozbulk delete``: the stages wired together in one task group.
+
+::
+
+    producer ──chunks──► workers (N) ──results──► collector ──► checkpoint
+    (read, normalize,    (pace, auth, DELETE,     (totals, journal,
+     dedupe, chunk)       verdict, retry)          circuit breaker)
+
+Streams are bounded, so the producer waits while the workers are busy and a 50-million-row file
+never sits in memory. A graceful stop (first Ctrl-C or SIGTERM) stops the producer and lets the
+requests in flight finish; a second one cancels them. Either way the collector commits last.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+import anyio.lowlevel
+
+from engine.batcher import Chunk, InputCounts, Producer
+from engine.checkpoint import (
+    DONE,
+    FAILED,
+    Checkpoint,
+    fingerprint,
+    fingerprint_file,
+    move_aside,
+)
+from engine.client import OzonetelClient
+from engine.collector import CircuitBreaker, Collector
+from engine.errors import CheckpointWriteError, OzbulkError
+from engine.numbers import Normalizer, formatter
+from engine.pacing import Pacer
+from engine.report import default_report_dir, write_report
+from engine.settings import RunSettings
+from engine.workers import ChunkResult, LiveStats, WorkerContext, worker
+
+log = logging.getLogger(__name__)
+
+# The producer yields to the event loop this often, so workers are never starved by it.
+YIELD_EVERY = 8
+
+
+@dataclass
+class StopControl:
+    """Counts stop requests: the first drains, the second cancels."""
+
+    requests: int = 0
+    reason: str = ""
+    _on_change: list[Callable[[], None]] = field(default_factory=list)
+
+    def request(self, reason: str) -> None:
+        self.requests += 1
+        self.reason = self.reason or reason
+        for callback in self._on_change:
+            callback()
+
+
+@dataclass
+class RunOutcome:
+    summary: dict[str, Any]
+    exit_code: int
+    error: OzbulkError | None = None
+
+
+def run_identity(settings: RunSettings) -> dict[str, Any]:
+    """Everything that decides which numbers go into which chunk, and where they go."""
+    inputs = settings.inputs
+    files: list[dict[str, Any]] = []
+    for path in inputs.paths:
+        if path == "-":
+            # Standard input cannot be read twice: its run can never be resumed.
+            files.append({"path": "-", "run": uuid.uuid4().hex})
+        else:
+            files.append(fingerprint_file(path))
+    return {
+        "inputs": files,
+        "group_id": settings.group_id,
+        "user": settings.user,
+        "column": inputs.column,
+        "country": inputs.country,
+        "number_format": inputs.number_format,
+        "batch_size": inputs.batch_size,
+    }
+
+
+def display_settings(settings: RunSettings) -> dict[str, Any]:
+    """The settings `ozbulk status` shows; no secret among them."""
+    return {
+        "host": settings.host,
+        "base_url": settings.base_url,
+        "path": settings.path,
+        "auth": settings.auth,
+        "rate": "auto" if settings.rate_auto else settings.rate,
+        "concurrency": settings.concurrency,
+        "inputs": list(settings.inputs.paths),
+        "group_id": settings.group_id,
+        "user": settings.user,
+        "checkpoint": str(settings.checkpoint),
+    }
+
+
+class Run:
+    """Holds one run's parts so that progress and the summary can read them while it goes."""
+
+    def __init__(self, settings: RunSettings, checkpoint: Checkpoint) -> None:
+        self.settings = settings
+        self.checkpoint = checkpoint
+        self.normalizer = Normalizer(settings.inputs.country)
+        self.write = formatter(settings.inputs.number_format, self.normalizer.country_code)
+        self.stats = LiveStats()
+        rate = None if settings.rate_auto else settings.rate
+        self.pacer = Pacer(rate, auto=settings.rate_auto)
+        self.done = checkpoint.ids(DONE)
+        self.failed_before = checkpoint.ids(FAILED)
+        self.collector = Collector(
+            checkpoint,
+            stats=self.stats,
+            counters=checkpoint.meta("counters", {}) or {},
+            in_doubt_below=checkpoint.meta("horizon", 0),
+            breaker=CircuitBreaker(settings.breaker_window, settings.breaker_ratio),
+            write=self.write,
+            commit_interval=settings.commit_interval,
+            horizon_step=max(64, 4 * settings.concurrency),
+        )
+        self.collector.load_totals()
+        self.producer = Producer(settings.inputs, self.normalizer, self.collector.reject)
+        self.stopping = anyio.Event()
+        self.started = time.monotonic()
+        self.skipped_chunks = 0
+
+    @property
+    def counts(self) -> InputCounts:
+        return self.producer.counts
+
+    def should_send(self, chunk_id: int) -> bool:
+        if self.settings.retry_failed:
+            return chunk_id in self.failed_before
+        return chunk_id not in self.done
+
+    async def produce(self, chunks: Any) -> None:
+        async with chunks:
+            for count, chunk in enumerate(self.producer.chunks()):
+                if self.stopping.is_set():
+                    return
+                if self.should_send(chunk.id):
+                    self.collector.dispatching(chunk)
+                    await chunks.send(chunk)
+                else:
+                    self.skipped_chunks += 1
+                if count % YIELD_EVERY == 0:
+                    await anyio.lowlevel.checkpoint()
+
+    async def execute(self, stop: StopControl | None, progress: Any | None) -> OzbulkError | None:
+        settings = self.settings
+        chunks_tx, chunks_rx = anyio.create_memory_object_stream[Chunk](settings.concurrency * 2)
+        results_tx, results_rx = anyio.create_memory_object_stream[ChunkResult](
+            settings.concurrency * 2
+        )
+        error: OzbulkError | None = None
+        async with OzonetelClient.open_session(settings) as session:
+            client = OzonetelClient(settings, session)
+            self.collector.token_refreshes = lambda: client.auth.refreshes
+            context = WorkerContext(
+                client=client,
+                pacer=self.pacer,
+                stats=self.stats,
+                max_attempts=settings.max_attempts,
+                backoff_base=settings.backoff_base,
+                backoff_cap=settings.backoff_cap,
+                write=self.write,
+                stopping=self.stopping,
+            )
+            try:
+                async with anyio.create_task_group() as group:
+                    if stop is not None:
+                        stop._on_change.append(lambda: self._on_stop(stop, group.cancel_scope))
+                    group.start_soon(self.produce, chunks_tx)
+                    with chunks_rx, results_tx:
+                        for _ in range(settings.concurrency):
+                            group.start_soon(worker, chunks_rx.clone(), results_tx.clone(), context)
+                    if progress is not None:
+                        group.start_soon(progress.run, self)
+
+                    async def collect() -> None:
+                        await self.collector.run(results_rx)
+                        group.cancel_scope.cancel()  # the progress display ends with the run
+
+                    group.start_soon(collect)
+            except BaseExceptionGroup as group_error:
+                error = _first_ozbulk_error(group_error)
+                if error is None:
+                    raise
+            except OzbulkError as single:
+                error = single
+        try:
+            self.collector.commit()
+        except CheckpointWriteError as write_error:
+            error = error or write_error
+        return error
+
+    def _on_stop(self, stop: StopControl, scope: anyio.CancelScope) -> None:
+        self.stopping.set()
+        if stop.requests >= 2:
+            scope.cancel()
+
+    def summary(self, error: OzbulkError | None, stop: StopControl | None) -> dict[str, Any]:
+        counts, totals = self.counts, self.collector.totals
+        counters = self.collector.counters()
+        complete = (
+            counts.finished and error is None and totals.chunks_done == counts.chunks
+            and not (stop and stop.requests)
+        )  # fmt: skip
+        not_found = totals.sent - totals.deleted - totals.error
+        return {
+            "rows": counts.rows,
+            "accepted": counts.accepted,
+            "rejected": counts.rejected,
+            "duplicates": counts.duplicates,
+            "chunks_total": counts.chunks if counts.finished else None,
+            "chunks_done": totals.chunks_done,
+            "chunks_failed": totals.chunks_failed,
+            "chunks_skipped": self.skipped_chunks,
+            "sent": totals.sent,
+            "success": totals.success,
+            "error": totals.error,
+            "deleted": totals.deleted,
+            "not_found": not_found,
+            "failed_numbers": totals.failed_numbers,
+            "in_doubt_chunks": totals.in_doubt_chunks,
+            "requests": counters["requests"],
+            "retries": counters["retries"],
+            "rate_limited": counters["rate_limited"],
+            "token_refreshes": counters["token_refreshes"],
+            "passes": counters["passes"],
+            "elapsed_s": round(time.monotonic() - self.started, 3),
+            "complete": bool(complete),
+            "checkpoint": str(self.checkpoint.path),
+            "fingerprint": fingerprint(self.checkpoint.identity()),
+        }
+
+
+def _first_ozbulk_error(group: BaseExceptionGroup[Any]) -> OzbulkError | None:
+    for exception in group.exceptions:
+        if isinstance(exception, OzbulkError):
+            return exception
+        if isinstance(exception, BaseExceptionGroup):
+            found = _first_ozbulk_error(exception)
+            if found is not None:
+                return found
+    return None
+
+
+def exit_code_for(
+    summary: dict[str, Any], error: OzbulkError | None, stop: StopControl | None
+) -> int:
+    if error is not None:
+        return error.exit_code
+    if stop is not None and stop.requests:
+        return 130
+    return 0 if summary["complete"] else 1
+
+
+async def watch_signals(stop: StopControl) -> None:
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for signum in signals:
+            name = signal.Signals(signum).name
+            if stop.requests == 0:
+                log.warning(
+                    "%s: finishing the requests in flight, then stopping (again to cancel them)",
+                    name,
+                )
+            else:
+                log.warning("%s again: cancelling the requests in flight", name)
+            stop.request(name)
+
+
+def open_checkpoint(settings: RunSettings, *, restart: bool = False) -> Checkpoint:
+    """Open (or create) the run's checkpoint; ``restart`` first moves an old one aside."""
+    if restart and settings.checkpoint.exists():
+        aside = move_aside(settings.checkpoint)
+        log.warning("--restart: the old checkpoint was moved to %s", aside)
+    return Checkpoint.for_run(
+        settings.checkpoint, run_identity(settings), display_settings(settings)
+    )
+
+
+async def delete(
+    settings: RunSettings,
+    *,
+    checkpoint: Checkpoint | None = None,
+    stop: StopControl | None = None,
+    progress: Any | None = None,
+    handle_signals: bool = False,
+) -> RunOutcome:
+    """Run (or resume) a whole deletion; the public entry point behind ``ozbulk delete``."""
+    checkpoint = checkpoint or open_checkpoint(settings)
+    try:
+        run = Run(settings, checkpoint)
+        stop = stop or StopControl()
+        async with anyio.create_task_group() as outer:
+            if handle_signals:
+                outer.start_soon(watch_signals, stop)
+            error = await run.execute(stop, progress)
+            outer.cancel_scope.cancel()
+        summary = run.summary(error, stop)
+        summary["exit_code"] = exit_code_for(summary, error, stop)
+        if error is not None:
+            summary["stopped_by"] = str(error)
+        elif stop.requests:
+            summary["stopped_by"] = stop.reason
+        report_dir = settings.report_dir or default_report_dir(settings.checkpoint)
+        try:
+            write_report(checkpoint, summary, report_dir)
+            summary["report"] = str(report_dir)
+        except OSError as report_error:
+            log.error("could not write the report to %s: %s", report_dir, report_error)
+        return RunOutcome(summary, summary["exit_code"], error)
+    finally:
+        checkpoint.close()
