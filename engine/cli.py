@@ -11,6 +11,7 @@ import glob
 import json
 import logging
 import os
+import shlex
 import sys
 from pathlib import Path
 from typing import Any
@@ -18,10 +19,14 @@ from typing import Any
 import anyio
 
 from engine import settings as defaults
+from engine.config import config_path, layer_defaults
 from engine.errors import OzbulkError, UsageError
+from engine.logs import REDACTOR, setup_logging
 from engine.pipeline import RunOutcome, delete, open_checkpoint
+from engine.plan import Plan, make_plan, write_rejects
 from engine.progress import BarDisplay, LogDisplay
 from engine.settings import InputSettings, RunSettings, Secret
+from engine.status import show_status, write_report_for
 
 log = logging.getLogger("engine")
 
@@ -54,9 +59,12 @@ examples:
 """
 
 
+AUTO_RATE = -1.0
+
+
 def _rate(text: str) -> float:
     if text == "auto":
-        return -1.0
+        return AUTO_RATE
     try:
         return float(text)
     except ValueError:
@@ -65,35 +73,51 @@ def _rate(text: str) -> float:
         ) from None
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="ozbulk",
-        description="Delete phone numbers in bulk from an Ozonetel CloudAgent block-number group.",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="Start with: ozbulk delete --help    (or: ozbulk demo, on a built-in fake API)",
-    )
-    parser.add_argument(
-        "-v", "--verbose", action="count", default=0, help="more detail (-vv: debug)"
-    )
-    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
-    parser.add_argument("--log-file", type=Path, help="also write the log to this file")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+# The subparsers whose options may also come from the environment and a --config file.
+LAYERED: list[argparse.ArgumentParser] = []
 
-    run = commands.add_parser(
-        "delete",
-        help="delete the numbers in CSV files from a block-number group (resumable)",
-        description="Delete every phone number in the input files from one block-number group, "
-        "100 per request, at a set rate; re-run the same command to resume.",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=DELETE_EXAMPLES + "\n" + EXIT_CODES,
+
+def _common_options() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    output = common.add_argument_group("output")
+    output.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        default=0,
+        help="more detail (-vv: debug; internal errors show a traceback)",
+    )
+    output.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    output.add_argument("--log-file", type=Path, help="also write the log to this file")
+    output.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default="text",
+        help="log line format (default %(default)s)",
+    )
+    return common
+
+
+def _add_delete_options(run: argparse.ArgumentParser) -> None:
+    run.add_argument(
+        "inputs",
+        nargs="*",
+        metavar="INPUT",
+        help="CSV files (.gz too), globs, or - for standard input",
     )
     run.add_argument(
-        "inputs", nargs="+", metavar="INPUT", help="CSV files (.gz too), globs, or - for stdin"
+        "--config",
+        type=Path,
+        help="TOML file of settings (flags > OZBULK_* environment > file > defaults)",
     )
     target = run.add_argument_group("target")
-    target.add_argument("--group-id", type=int, required=True, help="the block-number group's id")
-    target.add_argument("--user", required=True, help="the CloudAgent account user name")
-    target.add_argument("--api-key", help="the API key (prefer OZONETEL_API_KEY or --api-key-file)")
+    target.add_argument("--group-id", type=int, help="the block-number group's id (required)")
+    target.add_argument("--user", help="the CloudAgent account user name (required)")
+    target.add_argument(
+        "--api-key",
+        help="the API key; prefer OZONETEL_API_KEY or --api-key-file (a flag "
+        "shows in the process list)",
+    )
     target.add_argument("--api-key-file", type=Path, help="read the API key from this file")
     target.add_argument(
         "--auth",
@@ -120,8 +144,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--rate",
         type=_rate,
         default=defaults.DEFAULT_RATE,
-        help="requests per second, a ceiling the pacer adapts under; 0 = no limit; "
-        "auto = find the server's limit (default %(default)s)",
+        help="requests per second: a ceiling the pacer adapts under when the "
+        "server says too fast; 0 = no limit; auto = find the server's limit "
+        "(default %(default)s)",
     )
     speed.add_argument(
         "--concurrency",
@@ -136,60 +161,24 @@ def build_parser() -> argparse.ArgumentParser:
         help="numbers per request, 1 to 100 (default %(default)s)",
     )
     retry = run.add_argument_group("retries and timeouts")
-    retry.add_argument(
-        "--max-attempts",
-        type=int,
-        default=defaults.DEFAULT_MAX_ATTEMPTS,
-        help="attempts per chunk before it is recorded as failed (default %(default)s)",
-    )
-    retry.add_argument(
-        "--backoff-base",
-        type=float,
-        default=defaults.DEFAULT_BACKOFF_BASE,
-        help="first retry waits up to this many seconds, doubling (default %(default)s)",
-    )
-    retry.add_argument(
-        "--backoff-cap",
-        type=float,
-        default=defaults.DEFAULT_BACKOFF_CAP,
-        help="longest wait between attempts, seconds (default %(default)s)",
-    )
-    retry.add_argument(
-        "--connect-timeout",
-        type=float,
-        default=defaults.DEFAULT_CONNECT_TIMEOUT,
-        help="seconds to open a connection (default %(default)s)",
-    )
-    retry.add_argument(
-        "--read-timeout",
-        type=float,
-        default=defaults.DEFAULT_READ_TIMEOUT,
-        help="seconds to wait for an answer (default %(default)s)",
-    )
-    retry.add_argument(
-        "--token-ttl",
-        type=float,
-        default=defaults.DEFAULT_TOKEN_TTL,
-        help="token lifetime in seconds (default %(default)s)",
-    )
-    retry.add_argument(
-        "--token-budget",
-        type=int,
-        default=defaults.DEFAULT_TOKEN_BUDGET,
-        help="tokens the account may generate an hour (default %(default)s)",
-    )
-    retry.add_argument(
-        "--breaker-window",
-        type=int,
-        default=defaults.DEFAULT_BREAKER_WINDOW,
-        help="circuit breaker: chunks looked at (default %(default)s)",
-    )
-    retry.add_argument(
-        "--breaker-ratio",
-        type=float,
-        default=defaults.DEFAULT_BREAKER_RATIO,
-        help="circuit breaker: share of them failed that stops the run (default %(default)s)",
-    )
+    for flag, kind, default, text in (
+        ("--max-attempts", int, defaults.DEFAULT_MAX_ATTEMPTS,
+         "attempts per chunk before it is recorded as failed"),
+        ("--backoff-base", float, defaults.DEFAULT_BACKOFF_BASE,
+         "the first retry waits up to this many seconds, doubling each time"),
+        ("--backoff-cap", float, defaults.DEFAULT_BACKOFF_CAP, "longest wait between attempts"),
+        ("--connect-timeout", float, defaults.DEFAULT_CONNECT_TIMEOUT,
+         "seconds to open a connection"),
+        ("--read-timeout", float, defaults.DEFAULT_READ_TIMEOUT, "seconds to wait for an answer"),
+        ("--token-ttl", float, defaults.DEFAULT_TOKEN_TTL, "token lifetime in seconds"),
+        ("--token-budget", int, defaults.DEFAULT_TOKEN_BUDGET,
+         "tokens the account may generate in an hour"),
+        ("--breaker-window", int, defaults.DEFAULT_BREAKER_WINDOW,
+         "circuit breaker: how many recent chunks it looks at"),
+        ("--breaker-ratio", float, defaults.DEFAULT_BREAKER_RATIO,
+         "circuit breaker: the share of those failed that stops the run"),
+    ):  # fmt: skip
+        retry.add_argument(flag, type=kind, default=default, help=f"{text} (default %(default)s)")
     data = run.add_argument_group("input")
     data.add_argument(
         "--column", help="phone column: header name or 1-based index (default: detected)"
@@ -197,7 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument(
         "--country",
         default=defaults.DEFAULT_COUNTRY,
-        help="region for numbers written without a country code (default %(default)s)",
+        help="region of numbers written without a country code (default %(default)s)",
     )
     data.add_argument(
         "--number-format",
@@ -206,7 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="form sent to the API: digits 919876543210 (default), e164 "
         "+919876543210, national 9876543210",
     )
-    state = run.add_argument_group("checkpoint and results")
+    state = run.add_argument_group("checkpoint, results and confirmation")
     state.add_argument(
         "--checkpoint",
         type=Path,
@@ -215,7 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
     state.add_argument(
         "--restart",
         action="store_true",
-        help="start over: move the old checkpoint aside (never deleted)",
+        help="start over: move the old checkpoint aside (it is never deleted)",
     )
     state.add_argument(
         "--retry-failed",
@@ -226,47 +215,105 @@ def build_parser() -> argparse.ArgumentParser:
     state.add_argument(
         "--report-dir", type=Path, help="report folder (default: the checkpoint's name + .report)"
     )
-    state.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
-    state.add_argument("--no-progress", action="store_true", help="no live progress bar")
+    state.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="read everything, show the plan and write rejected.csv; send nothing",
+    )
+    state.add_argument(
+        "--yes",
+        "-y",
+        action="store_true",
+        help="do not ask for confirmation (needed without a terminal)",
+    )
+    state.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="no live bar: a progress log line every 10 s instead",
+    )
 
-    status = commands.add_parser("status", help="show where a checkpointed run stands")
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ozbulk",
+        description="Delete phone numbers in bulk from an Ozonetel CloudAgent block-number group.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Start with: ozbulk delete --help    (or: ozbulk demo, on a built-in fake API)",
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    common = _common_options()
+    LAYERED.clear()
+    run = commands.add_parser(
+        "delete",
+        parents=[common],
+        help="delete the numbers in CSV files from a block-number group (resumable)",
+        description="Delete every phone number in the input files from one block-number group, "
+        "100 per request, at a set rate; re-run the same command to resume.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=DELETE_EXAMPLES + "\n" + EXIT_CODES,
+    )
+    _add_delete_options(run)
+    config = commands.add_parser("config", help="show the effective settings (secrets masked)")
+    config_commands = config.add_subparsers(dest="config_command", metavar="ACTION", required=True)
+    show = config_commands.add_parser(
+        "show",
+        parents=[common],
+        help="print the settings `delete` would use with these options, and where each came from",
+    )
+    _add_delete_options(show)
+    LAYERED.extend((run, show))
+
+    status = commands.add_parser(
+        "status", parents=[common], help="show where a checkpointed run stands"
+    )
     status.add_argument("checkpoint", type=Path)
     status.add_argument("--json", action="store_true", help="machine-readable output")
-
-    report = commands.add_parser("report", help="write the report files of a checkpointed run")
+    report = commands.add_parser(
+        "report", parents=[common], help="write the report files of a checkpointed run"
+    )
     report.add_argument("checkpoint", type=Path)
     report.add_argument("--out", type=Path, required=True, help="folder for the report files")
-
-    sample = commands.add_parser("sample", help="write a realistic sample CSV of phone numbers")
+    sample = commands.add_parser(
+        "sample", parents=[common], help="write a realistic sample CSV of phone numbers"
+    )
     sample.add_argument("out", type=Path, help="file to write")
     sample.add_argument("--rows", type=int, default=1000, help="data rows (default %(default)s)")
     sample.add_argument("--seed", type=int, default=7, help="random seed (default %(default)s)")
 
     from engine.mock import command as mock_command
 
-    mock = commands.add_parser("mock-server", help="run the embedded fake Ozonetel API")
+    mock = commands.add_parser(
+        "mock-server", parents=[common], help="run the embedded fake Ozonetel API"
+    )
     mock_command.add_arguments(mock)
-
     demo = commands.add_parser(
-        "demo", help="delete the sample data from a built-in fake API, end to end"
+        "demo", parents=[common], help="delete the sample data from a built-in fake API, end to end"
     )
     demo.add_argument(
-        "--rows", type=int, default=0, help="generate this many rows instead of the sample"
+        "--rows",
+        type=int,
+        default=0,
+        help="generate this many rows instead of using the sample file",
     )
     return parser
 
 
 def _api_key(args: argparse.Namespace) -> Secret:
+    """--api-key, then --api-key-file, then OZBULK_API_KEY / OZONETEL_API_KEY."""
+    if args.api_key:
+        return Secret(args.api_key)
     if args.api_key_file is not None:
         try:
-            return Secret(args.api_key_file.read_text().strip())
+            return Secret(args.api_key_file.expanduser().read_text().strip())
         except OSError as error:
             raise UsageError(f"--api-key-file {args.api_key_file}: {error.strerror}") from None
-    return Secret(args.api_key or os.environ.get("OZONETEL_API_KEY", ""))
+    return Secret(os.environ.get("OZONETEL_API_KEY", ""))
 
 
 def _expand(inputs: list[str]) -> tuple[str, ...]:
     """Expand globs the shell left alone (quoted, or on Windows); a missing file is an error."""
+    if not inputs:
+        raise UsageError("no input: give one or more CSV files, globs, or - for standard input")
     paths: list[str] = []
     for item in inputs:
         if item != "-" and glob.has_magic(item):
@@ -282,6 +329,10 @@ def _expand(inputs: list[str]) -> tuple[str, ...]:
 
 
 def settings_from_args(args: argparse.Namespace) -> RunSettings:
+    for flag, value in (("--group-id", args.group_id), ("--user", args.user)):
+        if value is None:
+            env = "OZBULK_" + flag[2:].replace("-", "_").upper()
+            raise UsageError(f"{flag} is required (or set {env}, or put it in a --config file)")
     inputs = InputSettings(
         paths=_expand(args.inputs),
         column=args.column,
@@ -289,13 +340,15 @@ def settings_from_args(args: argparse.Namespace) -> RunSettings:
         number_format=args.number_format,
         batch_size=args.batch_size,
     )
-    auto = args.rate == -1.0
+    auto = args.rate == AUTO_RATE
     checkpoint = args.checkpoint or Path(f"ozbulk-{args.user}-{args.group_id}.ckpt")
+    api_key = _api_key(args)
+    REDACTOR.add(api_key.reveal())
     return RunSettings(
         inputs=inputs,
         group_id=args.group_id,
         user=args.user,
-        api_key=_api_key(args),
+        api_key=api_key,
         checkpoint=checkpoint,
         auth=args.auth,
         base_url=args.base_url,
@@ -319,21 +372,34 @@ def settings_from_args(args: argparse.Namespace) -> RunSettings:
     )
 
 
-def _confirm(settings: RunSettings, assume_yes: bool) -> None:
+def _confirm(plan_text: str, assume_yes: bool) -> None:
     if assume_yes:
         return
     if not sys.stdin.isatty():
         raise UsageError("no terminal to confirm on: pass --yes to delete without a prompt")
-    sys.stderr.write(
-        f"Delete the numbers in {len(settings.inputs.paths)} file(s) from group "
-        f"{settings.group_id} of user {settings.user} at {settings.host}? [y/N] "
-    )
+    sys.stderr.write("Go ahead and delete these numbers? Type yes to confirm: ")
     sys.stderr.flush()
     if sys.stdin.readline().strip().lower() not in ("y", "yes"):
         raise UsageError("not confirmed; nothing was sent")
 
 
-def print_summary(outcome: RunOutcome) -> None:
+def resume_command(argv: list[str]) -> str:
+    """The command that resumes this run: the same one, less --restart and any literal key."""
+    words, skip = ["ozbulk"], False
+    for index, word in enumerate(argv):
+        if skip:
+            skip = False
+            continue
+        if word == "--restart" or word.startswith("--api-key="):
+            continue
+        if word == "--api-key":
+            skip = index + 1 < len(argv)
+            continue
+        words.append(word)
+    return shlex.join(words)
+
+
+def print_summary(outcome: RunOutcome, argv: list[str] | None = None) -> None:
     summary = outcome.summary
     keys = (
         "rows", "accepted", "rejected", "duplicates", "chunks_total", "chunks_done",
@@ -342,29 +408,43 @@ def print_summary(outcome: RunOutcome) -> None:
     )  # fmt: skip
     width = max(len(key) for key in keys)
     lines = [f"  {key:<{width}}  {summary.get(key)}" for key in keys]
-    state = {
+    meaning = {
         0: "complete: every number has a verdict",
         1: "finished with failed chunks: re-run the same command to retry them",
         130: "interrupted: re-run the same command to resume",
     }.get(outcome.exit_code, f"stopped: {summary.get('stopped_by', '')}; re-run to resume")
     print("ozbulk summary\n" + "\n".join(lines))
     if summary.get("report"):
-        print(f"  report: {summary['report']}")
-    print(f"  checkpoint: {summary['checkpoint']}")
-    print(f"exit {outcome.exit_code}: {state}")
+        print(
+            f"  report       {summary['report']}/ (summary.json, errors.csv, rejected.csv, "
+            "failed_chunks.csv, in_doubt.csv)"
+        )
+    print(f"  checkpoint   {summary['checkpoint']}")
+    print(f"exit {outcome.exit_code}: {meaning}")
+    if outcome.exit_code != 0 and argv is not None:
+        print(f"resume with: {resume_command(argv)}")
 
 
-def cmd_delete(args: argparse.Namespace) -> int:
+def _progress(args: argparse.Namespace, total: int | None) -> Any:
+    if args.quiet:
+        return None
+    if args.no_progress or not sys.stderr.isatty():
+        return LogDisplay()
+    return BarDisplay(total=total)
+
+
+def cmd_delete(args: argparse.Namespace, argv: list[str]) -> int:
     settings = settings_from_args(args)
     if settings.inputs.from_stdin:
         log.warning("reading standard input: this run cannot be resumed if interrupted")
-    _confirm(settings, args.yes)
+    if args.dry_run:
+        return _dry_run(settings)
+    settings.require_api_key()
+    plan = make_plan(settings)
+    print(plan.render(), file=sys.stderr)
+    _confirm(plan.render(), args.yes)
     checkpoint = open_checkpoint(settings, restart=args.restart)
-    progress: Any
-    if args.no_progress or args.quiet:
-        progress = LogDisplay() if not args.quiet else None
-    else:
-        progress = BarDisplay() if sys.stderr.isatty() else LogDisplay()
+    progress = _progress(args, plan.numbers if plan.exact else None)
     outcome = anyio.run(
         lambda: delete(settings, checkpoint=checkpoint, progress=progress, handle_signals=True)
     )
@@ -372,10 +452,43 @@ def cmd_delete(args: argparse.Namespace) -> int:
         settings.summary_json.write_text(
             json.dumps(outcome.summary, indent=2, sort_keys=True) + "\n"
         )
-    print_summary(outcome)
+    print_summary(outcome, argv)
     if outcome.error is not None:
         log.error("%s", outcome.error)
     return outcome.exit_code
+
+
+def _dry_run(settings: RunSettings) -> int:
+    out = settings.report_dir or settings.checkpoint.with_name(
+        settings.checkpoint.name + ".dry-run"
+    )
+    counts = write_rejects(settings, out)
+    plan = Plan(settings, counts, True, None, None)
+    print(plan.render().replace("ozbulk plan", "ozbulk plan (dry run: nothing sent)"))
+    print(f"  rejected rows written to {out / 'rejected.csv'}")
+    if settings.summary_json is not None:
+        totals = {key: getattr(counts, key) for key in ("rows", "accepted", "rejected",
+                                                          "duplicates", "chunks")}  # fmt: skip
+        settings.summary_json.write_text(json.dumps({**totals, "dry_run": True}, indent=2) + "\n")
+    return 0
+
+
+def cmd_config(args: argparse.Namespace, sources: dict[str, str]) -> int:
+    settings = settings_from_args(args)
+    print(f"{'setting':<22} {'value':<48} source")
+    for name, value in vars(args).items():
+        if name in NOT_SHOWN:
+            continue
+        if name == "api_key":
+            value = "***" if settings.api_key else "(not set)"
+        source = sources.get(name, "default")
+        if name == "api_key" and name not in sources and settings.api_key:
+            source = "file" if args.api_key_file else "environment OZONETEL_API_KEY"
+        print(f"{name.replace('_', '-'):<22} {value!s:<48} {source}")
+    return 0
+
+
+NOT_SHOWN = frozenset({"command", "config_command", "verbose", "quiet", "log_file", "log_format"})
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
@@ -389,68 +502,53 @@ def cmd_sample(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_mock_server(args: argparse.Namespace) -> int:
-    from engine.mock import command as mock_command
+def _dispatch(args: argparse.Namespace, argv: list[str], sources: dict[str, str]) -> int:
+    command = args.command
+    if command == "delete":
+        return cmd_delete(args, argv)
+    if command == "config":
+        return cmd_config(args, sources)
+    if command == "sample":
+        return cmd_sample(args)
+    if command == "mock-server":
+        from engine.mock import command as mock_command
 
-    return mock_command.run(args)
+        return mock_command.run(args)
+    if command == "demo":
+        from engine.demo import run_demo
 
-
-def cmd_demo(args: argparse.Namespace) -> int:
-    from engine.demo import run_demo
-
-    return run_demo(rows=args.rows)
-
-
-def cmd_status(args: argparse.Namespace) -> int:
-    from engine.status import show_status
-
-    return show_status(args.checkpoint, as_json=args.json)
-
-
-def cmd_report(args: argparse.Namespace) -> int:
-    from engine.status import write_report_for
-
-    return write_report_for(args.checkpoint, args.out)
-
-
-COMMANDS = {
-    "delete": cmd_delete,
-    "sample": cmd_sample,
-    "mock-server": cmd_mock_server,
-    "demo": cmd_demo,
-    "status": cmd_status,
-    "report": cmd_report,
-}
-
-
-def setup_logging(verbose: int, quiet: bool, log_file: Path | None) -> None:
-    level = logging.WARNING if quiet else logging.DEBUG if verbose >= 2 else logging.INFO
-    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
-    if log_file is not None:
-        handlers.append(logging.FileHandler(log_file))
-    logging.basicConfig(
-        level=level, format="%(asctime)s %(levelname)s %(message)s", handlers=handlers
-    )
-    logging.getLogger("aiohttp").setLevel(logging.WARNING)
+        return run_demo(rows=args.rows)
+    if command == "status":
+        return show_status(args.checkpoint, as_json=args.json)
+    if command == "report":
+        return write_report_for(args.checkpoint, args.out)
+    raise AssertionError(f"unhandled command {command}")
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
-    args = parser.parse_args(argv)
-    setup_logging(args.verbose, args.quiet, args.log_file)
+    verbose = "-v" in argv or "--verbose" in argv or "-vv" in argv
     try:
-        return COMMANDS[args.command](args)
+        sources: dict[str, str] = {}
+        if argv and argv[0] in ("delete", "config"):
+            layered = LAYERED[0] if argv[0] == "delete" else LAYERED[1]
+            sources = layer_defaults(layered, argv, file=config_path(argv))
+        args = parser.parse_args(argv)
+        setup_logging(verbose=args.verbose, quiet=args.quiet, log_file=args.log_file,
+                      fmt=args.log_format)  # fmt: skip
+        return _dispatch(args, argv, sources)
     except OzbulkError as error:
-        print(f"ozbulk: error: {error}", file=sys.stderr)
+        print(f"ozbulk: error: {REDACTOR.scrub(str(error))}", file=sys.stderr)
         return error.exit_code
     except KeyboardInterrupt:
         print("ozbulk: interrupted", file=sys.stderr)
         return 130
     except Exception as error:  # an internal bug: say so plainly, trace it only on request
-        if args.verbose:
+        if verbose:
             raise
         print(
-            f"ozbulk: internal error: {error.__class__.__name__}: {error} "
+            f"ozbulk: internal error: {error.__class__.__name__}: {REDACTOR.scrub(str(error))} "
             "(run again with -v for the traceback, and please report it)",
             file=sys.stderr,
         )

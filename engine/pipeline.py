@@ -301,6 +301,7 @@ async def delete(
     handle_signals: bool = False,
 ) -> RunOutcome:
     """Run (or resume) a whole deletion; the public entry point behind ``ozbulk delete``."""
+    settings.require_api_key()
     checkpoint = checkpoint or open_checkpoint(settings)
     try:
         run = Run(settings, checkpoint)

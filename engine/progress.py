@@ -64,8 +64,9 @@ def _rate_text(values: dict[str, Any]) -> str:
 class BarDisplay:
     """rich's progress bar on the terminal (stderr, so stdout stays clean for scripts)."""
 
-    def __init__(self, console: Console | None = None) -> None:
+    def __init__(self, console: Console | None = None, total: int | None = None) -> None:
         self.console = console or Console(stderr=True)
+        self.total = total  # from the plan's pre-scan; else it grows as the input is read
 
     async def run(self, run: Run) -> None:
         progress = Progress(
@@ -90,9 +91,9 @@ class BarDisplay:
             finally:
                 self._update(progress, task, snapshot(run))
 
-    @staticmethod
-    def _update(progress: Progress, task: Any, values: dict[str, Any]) -> None:
-        total = values["numbers_total"] or max(values["accepted_so_far"], values["numbers_done"])
+    def _update(self, progress: Progress, task: Any, values: dict[str, Any]) -> None:
+        total = values["numbers_total"] or self.total
+        total = max(total or 0, values["accepted_so_far"], values["numbers_done"])
         detail = (
             f"ok {values['success']:,} err {values['error']:,} deleted {values['deleted']:,} "
             f"failed {values['failed']:,} retries {values['retries']:,} "

@@ -141,11 +141,6 @@ class RunSettings:
             _fail(f"--group-id must be a positive number (got {self.group_id})")
         if not self.user.strip():
             _fail("--user is required: the CloudAgent account user name")
-        if not self.api_key:
-            _fail(
-                "no API key: pass --api-key-file PATH, set OZONETEL_API_KEY, or pass --api-key "
-                "(visible to other users in the process list)"
-            )
         if self.auth not in AUTH_MODES:
             _fail(f"--auth must be apikey or token (got {self.auth!r})")
         parts = urlsplit(self.base_url)
@@ -185,6 +180,14 @@ class RunSettings:
             _fail(
                 "the circuit breaker needs --breaker-window >= 1 and 0 < --breaker-ratio <= 1 "
                 f"(got {self.breaker_window} and {self.breaker_ratio})"
+            )
+
+    def require_api_key(self) -> None:
+        """Checked before anything is sent; a dry run or `config show` needs no key."""
+        if not self.api_key:
+            _fail(
+                "no API key: set OZONETEL_API_KEY, pass --api-key-file PATH, or pass --api-key "
+                "(visible to other users in the process list)"
             )
 
     @property

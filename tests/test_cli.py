@@ -1,0 +1,198 @@
+"""The command line: configuration layers, the plan, confirmation, dry runs and clear errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import pty
+import re
+import select
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from engine.cli import resume_command
+from tests.conftest import API_KEY, GROUP, USER, cli_env, delete_args, ozbulk_command
+
+
+def _settings_table(output: str) -> dict[str, tuple[str, str]]:
+    rows = {}
+    for line in output.splitlines()[1:]:
+        name, rest = line.split(maxsplit=1)
+        value, _, source = rest.rpartition("  ")
+        rows[name] = (value.strip(), source.strip())
+    return rows
+
+
+def test_config_precedence_flag_over_env_over_file_over_default(run_cli, sample_csv, tmp_path):
+    """A flag beats OZBULK_*, which beats the --config file, which beats the default."""
+    source = sample_csv(10)
+    (tmp_path / "ozbulk.toml").write_text(
+        'user = "from-file"\ngroup-id = 9\n[delete]\nrate = 3\nconcurrency = 5\nbatch_size = 50\n'
+    )
+    env = cli_env(OZBULK_RATE="4", OZBULK_CONCURRENCY="6")
+    result = run_cli("config", "show", str(source), "--config", "ozbulk.toml", "--concurrency", "7",
+                     env=env)  # fmt: skip
+    assert result.returncode == 0, result.output
+    table = _settings_table(result.stdout)
+    assert table["concurrency"] == ("7", "flag")
+    assert table["rate"] == ("4.0", "environment OZBULK_RATE")
+    assert table["batch-size"][0] == "50" and table["batch-size"][1].startswith("file")
+    assert table["user"][0] == "from-file"
+    assert table["max-attempts"] == ("8", "default")
+    assert table["api-key"][0] == "***"
+    assert API_KEY not in result.output
+
+
+def test_unknown_config_key_is_refused_with_the_known_ones(run_cli, sample_csv, tmp_path):
+    """A typo in the config file is one clear line naming the key, exit 2."""
+    source = sample_csv(10)
+    (tmp_path / "bad.toml").write_text("rtae = 3\n")
+    result = run_cli("config", "show", str(source), "--config", "bad.toml")
+    assert result.returncode == 2
+    assert "unknown setting(s) rtae" in result.stderr
+    assert "Traceback" not in result.output
+
+
+def test_bad_setting_is_refused_before_anything_is_sent(run_cli, fake_api, sample_csv):
+    """--rate 0.0x, --batch-size 101 and a missing --user each exit 2 and send nothing."""
+    server = fake_api()
+    source = sample_csv(50)
+    for flags, expected in (
+        ({"batch_size": 101}, "--batch-size must be between 1 and 100"),
+        ({"rate": -2}, "--rate must be > 0"),
+        ({"concurrency": 0}, "--concurrency must be between 1 and 1024"),
+    ):
+        result = run_cli(*delete_args(server, source, **flags))
+        assert result.returncode == 2, result.output
+        assert expected in result.stderr
+        assert "Traceback" not in result.output
+    result = run_cli("delete", str(source), "--group-id", "1", "--base-url", server.url, "--yes")
+    assert result.returncode == 2 and "--user is required" in result.stderr
+    assert server.stats()["requests"] == 0
+
+
+def test_plain_http_to_a_remote_host_is_refused(run_cli, sample_csv):
+    """The key must not cross the network in clear text unless explicitly allowed."""
+    source = sample_csv(10)
+    result = run_cli("delete", str(source), "--group-id", "1", "--user", USER,
+                     "--base-url", "http://203.0.113.9", "--yes")  # fmt: skip
+    assert result.returncode == 2
+    assert "--allow-insecure-http" in result.stderr
+
+
+def test_no_terminal_and_no_yes_refuses_with_advice(run_cli, fake_api, sample_csv):
+    """Without a terminal to confirm on, the run asks for --yes and sends nothing."""
+    server = fake_api()
+    source = sample_csv(50)
+    args = [arg for arg in delete_args(server, source) if arg != "--yes"]
+    result = run_cli(*args)
+    assert result.returncode == 2
+    assert "pass --yes" in result.stderr
+    assert server.stats()["requests"] == 0
+
+
+def test_dry_run_reports_counts_and_rejects_and_sends_nothing(
+    run_cli, fake_api, sample_csv, tmp_path
+):
+    """--dry-run prints the plan, writes rejected.csv with file and line, and sends nothing."""
+    server = fake_api()
+    source = sample_csv(2000)
+    result = run_cli(*delete_args(server, source, dry_run=True, summary_json="dry.json"))
+    assert result.returncode == 0, result.output
+    assert "dry run: nothing sent" in result.stdout
+    counts = json.loads((tmp_path / "dry.json").read_text())
+    assert counts["rows"] == counts["accepted"] + counts["rejected"] + counts["duplicates"] == 2000
+    rejected = (tmp_path / f"ozbulk-{USER}-{GROUP}.ckpt.dry-run" / "rejected.csv").read_text()
+    lines = rejected.splitlines()
+    assert len(lines) == counts["rejected"] + 1
+    assert all(line.startswith(str(source)) for line in lines[1:])
+    assert server.stats()["requests"] == 0
+    assert not (tmp_path / f"ozbulk-{USER}-{GROUP}.ckpt").exists()
+
+
+def test_help_teaches_the_common_runs(run_cli):
+    """`delete --help` shows the first run, resume, token auth, dry run and the exit codes."""
+    result = run_cli("delete", "--help")
+    assert result.returncode == 0
+    for text in ("first run", "resume", "--auth token", "--dry-run", "exit codes", "130"):
+        assert text in result.stdout
+
+
+def test_resume_command_drops_restart_and_a_literal_key():
+    """The printed resume command never restarts the run and never shows the key."""
+    argv = ["delete", "a.csv", "--api-key", "s3cret", "--restart", "--group-id", "1",
+            "--api-key=other"]  # fmt: skip
+    command = resume_command(argv)
+    assert command == "ozbulk delete a.csv --group-id 1"
+
+
+def _read_until(fd: int, needle: bytes, timeout: float) -> bytes:
+    seen = b""
+    deadline = time.monotonic() + timeout
+    while needle not in seen and time.monotonic() < deadline:
+        ready, _, _ = select.select([fd], [], [], 0.2)
+        if ready:
+            try:
+                chunk = os.read(fd, 65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            seen += chunk
+    return seen
+
+
+def _spawn_on_pty(args: list[str], cwd: Path) -> tuple[subprocess.Popen[bytes], int]:
+    leader, follower = pty.openpty()
+    process = subprocess.Popen(
+        ozbulk_command(*args), cwd=cwd, env=cli_env(COLUMNS="160"),
+        stdin=follower, stdout=follower, stderr=follower, close_fds=True,
+    )  # fmt: skip
+    os.close(follower)
+    return process, leader
+
+
+@pytest.mark.parametrize(("answer", "expected_code"), [("yes", 0), ("no", 2)])
+def test_confirmation_prompt_on_a_terminal(fake_api, sample_csv, tmp_path, answer, expected_code):
+    """On a terminal the plan is shown and only 'yes' lets the run start."""
+    server = fake_api()
+    source = sample_csv(300)
+    args = [a for a in delete_args(server, source) if a != "--yes"]
+    process, leader = _spawn_on_pty(args, tmp_path)
+    try:
+        screen = _read_until(leader, b"Type yes to confirm", 30)
+        assert b"ozbulk plan" in screen and b"pre-scan, exact" in screen
+        os.write(leader, answer.encode() + b"\n")
+        screen += _read_until(leader, b"never printed", 60)  # to EOF: the run ends
+        assert process.wait(timeout=60) == expected_code
+    finally:
+        os.close(leader)
+        process.kill() if process.poll() is None else None
+    expected_requests = 3 if answer == "yes" else 0
+    assert server.stats()["requests"] == expected_requests
+
+
+def test_progress_bar_renders_and_updates_on_a_terminal(fake_api, sample_csv, tmp_path):
+    """A live run on a pseudo-terminal draws the bar and it advances before the run ends."""
+    server = fake_api(latency_ms=20)
+    source = sample_csv(6000)
+    process, leader = _spawn_on_pty(
+        [a for a in delete_args(server, source, rate=20, concurrency=4) if a != "--no-progress"],
+        tmp_path,
+    )
+    try:
+        screen = _read_until(leader, b"\nexit 0", 90)
+        screen += _read_until(leader, b"never printed", 2)  # drain to EOF while it exits
+        code = process.wait(timeout=30)
+    finally:
+        os.close(leader)
+    assert code == 0, screen[-2000:]
+    text = screen.decode(errors="replace")
+    assert "deleting" in text and "req/s" in text and "ETA" in text
+    # the bar redraws with growing counts: several distinct "N/TOTAL" figures appear
+    done = {int(m.replace(",", "")) for m in re.findall(r"([\d,]+)/[\d,]+", text)}
+    assert len(done) >= 3, sorted(done)
+    assert "\x1b[" in text  # drawn with terminal control sequences, not log lines
