@@ -152,7 +152,10 @@ class Run:
                     return
                 if self.should_send(chunk.id):
                     self.collector.dispatching(chunk)
-                    await chunks.send(chunk)
+                    try:
+                        await chunks.send(chunk)
+                    except anyio.BrokenResourceError:
+                        return  # every worker has stopped (a graceful stop): nothing to feed
                 else:
                     self.skipped_chunks += 1
                 if count % YIELD_EVERY == 0:
