@@ -440,7 +440,7 @@ def cmd_delete(args: argparse.Namespace, argv: list[str]) -> int:
     if args.dry_run:
         return _dry_run(settings)
     settings.require_api_key()
-    plan = make_plan(settings)
+    plan = make_plan(settings, prescan_allowed=not args.yes)
     print(plan.render(), file=sys.stderr)
     _confirm(plan.render(), args.yes)
     checkpoint = open_checkpoint(settings, restart=args.restart)

@@ -133,11 +133,16 @@ def prescan(settings: RunSettings, on_reject: Any = None) -> InputCounts:
     return producer.counts
 
 
-def make_plan(settings: RunSettings, *, force_prescan: bool = False) -> Plan:
+def make_plan(settings: RunSettings, *, prescan_allowed: bool = True) -> Plan:
+    """Pre-scan when someone is about to confirm and the input is small; otherwise estimate.
+
+    A run started with --yes reads its input once, not twice: scripts and benchmarks get the
+    estimate, a person deciding at the prompt gets the exact counts.
+    """
     size = input_size(settings.inputs.paths)
     counts: InputCounts | None = None
     estimated: int | None = None
-    if size is not None and (force_prescan or size <= PRESCAN_LIMIT_BYTES):
+    if size is not None and prescan_allowed and size <= PRESCAN_LIMIT_BYTES:
         counts = prescan(settings)
     elif size is not None:
         estimated = _estimate_rows(settings.inputs.paths)
