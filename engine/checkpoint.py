@@ -7,19 +7,26 @@ of a second, so durability costs one fsync per batch, not one per chunk.
 
 What is stored: the run's identity (inputs and every setting that shapes the chunks), one row per
 finished chunk (done or failed, with counts and the numbers the API put in ``error``), the rejected
-rows, and the run's counters. Successes are not stored: the input and the chunk ids regenerate
-them.
+rows, the run's counters and what the input held. Successes are not stored: the input and the
+chunk ids regenerate them.
+
+What is never done to a file ozbulk did not just create: write to it before it has been read,
+through a read-only connection, and recognised as a healthy checkpoint of this very run. A file
+that is corrupt, of a newer schema, of another run, or in use by another process is refused as it
+is, byte for byte.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
+import logging
 import os
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,9 +36,13 @@ from pyroaring import BitMap
 from engine.batcher import Reject
 from engine.errors import CheckpointError, CheckpointMismatch, CheckpointWriteError
 
+log = logging.getLogger(__name__)
+
 SCHEMA_VERSION = 1
 DONE = "done"
 FAILED = "failed"
+# SQLite's companions of a WAL-mode database: they belong to the main file and move with it.
+COMPANIONS = ("-wal", "-shm")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -57,6 +68,10 @@ CREATE TABLE IF NOT EXISTS rejects (
 );
 """
 
+# Statements that bring a checkpoint of schema N up to N + 1, applied in one transaction by
+# _migrate. Version 1 is the first: nothing to migrate yet.
+_MIGRATIONS: dict[int, tuple[str, ...]] = {}
+
 
 @dataclass(frozen=True, slots=True)
 class ChunkRecord:
@@ -64,7 +79,8 @@ class ChunkRecord:
 
     ``detail`` holds what the report needs and the input cannot regenerate: for a done chunk,
     the numbers the API listed in ``error`` with their file and line; for a failed one, every
-    number with its origin so that errors.csv and failed_chunks.csv can name them.
+    number with its origin so that errors.csv and failed_chunks.csv can name them. ``reason`` says
+    why a failed chunk failed, or why a done one is in doubt.
     """
 
     id: int
@@ -113,30 +129,58 @@ def _explain_difference(old: dict[str, Any], new: dict[str, Any]) -> str:
     return "; ".join(parts) or "identity differs"
 
 
+def _open_read_only(path: Path) -> sqlite3.Connection:
+    """A connection that cannot change the file, nor leave new files beside it.
+
+    Without a -wal file every commit is in the main file, and ``immutable`` reads it with no
+    -wal or -shm created (a plain read-only open of a WAL database leaves both behind). With a
+    -wal file (a live or killed run) SQLite must read it through the -shm index, which exists.
+    """
+    # as_uri() percent-encodes, so a name with '?', '#' or '%' cannot be read as URI syntax.
+    uri = f"{path.absolute().as_uri()}?mode=ro"
+    if not Path(f"{path}-wal").exists():
+        uri += "&immutable=1"
+    return sqlite3.connect(uri, uri=True, isolation_level=None)
+
+
 class Checkpoint:
     """Open with :meth:`for_run` (writing) or :meth:`read` (status, report)."""
 
-    def __init__(self, path: Path, connection: sqlite3.Connection) -> None:
+    def __init__(
+        self, path: Path, connection: sqlite3.Connection, lock_descriptor: int | None = None
+    ) -> None:
         self.path = path
         self._db = connection
+        self._lock_descriptor = lock_descriptor
 
     # -- opening ---------------------------------------------------------------------------
     @classmethod
     def for_run(cls, path: Path, identity: dict[str, Any], settings: dict[str, Any]) -> Checkpoint:
-        """Create the checkpoint, or reopen it if it belongs to this very run; refuse otherwise."""
-        existed = path.exists() and _has_tables(path)
-        try:
-            connection = sqlite3.connect(path, isolation_level=None)
-        except sqlite3.Error as error:
-            raise CheckpointWriteError(
-                f"cannot create the checkpoint {path}: {error}; choose a writable --checkpoint",
+        """Create the checkpoint, or reopen it if it belongs to this very run; refuse otherwise.
+
+        The file is locked for as long as the run holds it: two processes sending the same
+        chunks would count nothing twice, but would send everything twice.
+        """
+        if path.is_dir():
+            raise CheckpointError(
+                f"the checkpoint {path} is a folder; pass a file name to --checkpoint",
                 path=str(path),
-            ) from None
-        checkpoint = cls(path, connection)
+            )
+        existed = path.exists()
+        if not existed:
+            _set_orphans_aside(path)
+        descriptor = _lock(path)
+        created = not existed
         try:
-            if existed:
-                checkpoint._check_version()
-                stored = checkpoint.identity()
+            if existed and _has_tables(path):
+                # Every check reads through a read-only connection: a file that fails one is
+                # left exactly as it was (a read-write open could replay or fold in its WAL).
+                inspected = cls.read(path)
+                try:
+                    stored = inspected.identity()
+                    version = inspected.schema_version()
+                finally:
+                    inspected.close()
                 if stored != identity:
                     raise CheckpointMismatch(
                         f"the checkpoint {path} belongs to another run "
@@ -144,46 +188,92 @@ class Checkpoint:
                         "start over (the old file is kept aside), or pass another --checkpoint",
                         path=str(path),
                     )
-            checkpoint._prepare(identity, settings, fresh=not existed)
+                fresh = False
+            else:
+                # Absent, empty, or a SQLite file without a table: a crash before the first
+                # commit leaves exactly that, and there is nothing in it to keep.
+                version, fresh = SCHEMA_VERSION, True
+            connection = _connect(path)
         except BaseException:
-            connection.close()
-            if not existed:
+            os.close(descriptor)
+            if created:
+                _remove_quietly(path)
+            raise
+        checkpoint = cls(path, connection, descriptor)
+        try:
+            checkpoint._prepare(identity, settings, fresh=fresh, version=version)
+        except BaseException:
+            checkpoint.close()
+            if created:
                 _remove_quietly(path)
             raise
         return checkpoint
 
     @classmethod
     def read(cls, path: Path) -> Checkpoint:
+        """Open for reading only; refuse a file that is not a healthy checkpoint ozbulk reads."""
         if not path.is_file():
             raise CheckpointError(f"no checkpoint at {path}", path=str(path))
-        connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
+        try:
+            connection = _open_read_only(path)
+        except sqlite3.Error as error:
+            raise CheckpointError(
+                f"cannot open the checkpoint {path}: {error}", path=str(path)
+            ) from None
         checkpoint = cls(path, connection)
-        checkpoint._check_version()
+        try:
+            version = checkpoint.schema_version()
+            if version > SCHEMA_VERSION:
+                raise CheckpointError(
+                    f"{path} was written by a newer ozbulk (checkpoint schema {version}, this "
+                    f"one reads up to {SCHEMA_VERSION}); it was left untouched: upgrade ozbulk "
+                    "to resume it",
+                    path=str(path),
+                )
+            checkpoint._check_integrity()
+        except BaseException:
+            connection.close()
+            raise
         return checkpoint
 
-    def _check_version(self) -> None:
+    def schema_version(self) -> int:
+        """The schema the file was written with; CheckpointError if it is no ozbulk checkpoint."""
         try:
             row = self._db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
         except sqlite3.DatabaseError as error:
-            raise CheckpointError(
-                f"{self.path} is not a readable ozbulk checkpoint ({error}); it was left "
-                "untouched: move it away or pass another --checkpoint",
-                path=str(self.path),
-            ) from None
+            raise self._unreadable(str(error)) from None
         if row is None:
-            raise CheckpointError(
-                f"{self.path} is not an ozbulk checkpoint; it was left untouched",
-                path=str(self.path),
-            )
-        version = int(row[0])
-        if version > SCHEMA_VERSION:
-            raise CheckpointError(
-                f"{self.path} was written by a newer ozbulk (checkpoint schema {version}, this "
-                f"one reads up to {SCHEMA_VERSION}); upgrade ozbulk to resume it",
-                path=str(self.path),
-            )
+            raise self._unreadable("it has no schema version")
+        try:
+            version = json.loads(row[0])
+        except ValueError:
+            version = None
+        if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+            raise self._unreadable(f"its schema version {row[0]!r} makes no sense")
+        return version
 
-    def _prepare(self, identity: dict[str, Any], settings: dict[str, Any], *, fresh: bool) -> None:
+    def _check_integrity(self) -> None:
+        # quick_check reads every page once (milliseconds for a million chunks): a torn or
+        # overwritten page is refused here, not discovered halfway through a resume.
+        try:
+            problems = [row[0] for row in self._db.execute("PRAGMA quick_check")]
+            for table in ("meta", "chunks", "rejects"):
+                self._db.execute(f"SELECT * FROM {table} LIMIT 0")
+        except sqlite3.DatabaseError as error:
+            raise self._unreadable(str(error)) from None
+        if problems != ["ok"]:
+            raise self._unreadable("it is damaged: " + "; ".join(problems[:3]))
+
+    def _unreadable(self, why: str) -> CheckpointError:
+        return CheckpointError(
+            f"{self.path} is not a readable ozbulk checkpoint ({why}); it was left untouched: "
+            "move it away, pass another --checkpoint, or --restart to set it aside",
+            path=str(self.path),
+        )
+
+    def _prepare(
+        self, identity: dict[str, Any], settings: dict[str, Any], *, fresh: bool, version: int
+    ) -> None:
         def write() -> None:
             # WAL keeps readers (ozbulk status) unblocked while a run commits, and a commit is
             # one append; FULL makes each commit durable past a power cut, not just a kill -9.
@@ -201,9 +291,19 @@ class Checkpoint:
                         horizon=0,
                         counters={},
                     )
+                else:
+                    self._migrate(version)
                 self._set_meta(settings=settings, updated_at=time.time())
 
         self._guard(write)
+
+    def _migrate(self, version: int) -> None:
+        """Bring an older checkpoint up to SCHEMA_VERSION, inside the caller's transaction."""
+        for step in range(version, SCHEMA_VERSION):
+            for statement in _MIGRATIONS[step]:
+                self._db.execute(statement)
+        if version != SCHEMA_VERSION:
+            self._set_meta(schema_version=SCHEMA_VERSION)
 
     # -- writing ---------------------------------------------------------------------------
     def record(
@@ -211,6 +311,8 @@ class Checkpoint:
         chunks: Iterable[ChunkRecord],
         rejects: Iterable[Reject],
         counters: dict[str, Any],
+        *,
+        input_counts: dict[str, Any] | None = None,
     ) -> None:
         """Commit a batch of outcomes in one transaction: all of them survive a crash, or none."""
         now = time.time()
@@ -237,13 +339,28 @@ class Checkpoint:
                     "INSERT OR IGNORE INTO rejects VALUES (?,?,?,?)",
                     [(r.file, r.line, r.raw, r.reason) for r in rejects],
                 )
+                if input_counts is not None:
+                    self._set_meta(input=input_counts)
                 self._set_meta(counters=counters, updated_at=now)
 
         self._guard(write)
 
     def set_horizon(self, horizon: int) -> None:
-        """Promise that no chunk at or past ``horizon`` has been sent (see :mod:`workers`)."""
+        """Promise that every chunk at or past ``horizon`` is recorded or was never sent.
+
+        A statement of its own, committed (and fsynced) before the chunks it covers are sent.
+        See :mod:`engine.collector` for how the horizon and the in-doubt set work together.
+        """
         self._guard(lambda: self._set_meta(horizon=horizon, updated_at=time.time()))
+
+    def settle(self, in_doubt: list[int]) -> None:
+        """With nothing in flight: ``in_doubt`` is exactly what may have been sent unrecorded."""
+
+        def write() -> None:
+            with self._transaction():  # both or neither: a lowered horizon needs its set
+                self._set_meta(in_doubt=sorted(in_doubt), horizon=0, updated_at=time.time())
+
+        self._guard(write)
 
     def _set_meta(self, **values: Any) -> None:
         self._db.executemany(
@@ -254,10 +371,14 @@ class Checkpoint:
     def _transaction(self) -> _Transaction:
         return _Transaction(self._db)
 
-    def _guard(self, write: Any) -> None:
+    def _guard(self, write: Callable[[], None]) -> None:
         try:
             write()
-        except sqlite3.OperationalError as error:
+        except (sqlite3.IntegrityError, sqlite3.ProgrammingError):
+            raise  # a bug in ozbulk, not trouble with the disk
+        except sqlite3.DatabaseError as error:
+            # Disk full, read-only, removed, I/O error: every earlier commit is intact (SQLite
+            # rolls back the one that failed), so the message promises a resume, not a restart.
             raise CheckpointWriteError(
                 f"cannot write the checkpoint {self.path}: {error}. Everything committed before "
                 "is kept; fix the disk or permissions and re-run the same command to resume",
@@ -273,10 +394,14 @@ class Checkpoint:
         value: dict[str, Any] = self.meta("identity", {})
         return value
 
-    def ids(self, state: str) -> BitMap:
-        return BitMap(
-            row[0] for row in self._db.execute("SELECT id FROM chunks WHERE state = ?", (state,))
-        )
+    def ids(self, state: str, *, in_doubt: bool | None = None) -> BitMap:
+        """Ids of the chunks in ``state`` (optionally only those in doubt, or not in doubt)."""
+        query = "SELECT id FROM chunks WHERE state = ?"
+        parameters: tuple[Any, ...] = (state,)
+        if in_doubt is not None:
+            query += " AND in_doubt = ?"
+            parameters += (int(in_doubt),)
+        return BitMap(row[0] for row in self._db.execute(query, parameters))
 
     def sums(self) -> dict[str, int]:
         """Totals over finished chunks; each chunk is one row, so none is counted twice."""
@@ -295,11 +420,9 @@ class Checkpoint:
         return dict(zip(keys, (int(value) for value in row), strict=True))
 
     def chunk_rows(self, where: str = "1") -> Iterator[sqlite3.Row]:
-        self._db.row_factory = sqlite3.Row
-        try:
-            yield from self._db.execute(f"SELECT * FROM chunks WHERE {where} ORDER BY id")
-        finally:
-            self._db.row_factory = None
+        cursor = self._db.cursor()
+        cursor.row_factory = sqlite3.Row
+        yield from cursor.execute(f"SELECT * FROM chunks WHERE {where} ORDER BY id")
 
     def reject_rows(self) -> Iterator[tuple[int, int, str, str]]:
         yield from self._db.execute(
@@ -308,6 +431,11 @@ class Checkpoint:
 
     def close(self) -> None:
         self._db.close()
+        # Only after SQLite has let go: closing any descriptor of the file drops every POSIX
+        # lock this process holds on it, SQLite's own included.
+        if self._lock_descriptor is not None:
+            os.close(self._lock_descriptor)
+            self._lock_descriptor = None
 
     def move_aside(self) -> Path:
         """Rename the file (and its WAL companions) out of the way; never delete a checkpoint."""
@@ -323,35 +451,114 @@ class _Transaction:
 
     def __exit__(self, kind: object, value: object, traceback: object) -> None:
         if kind is None:
-            self._db.execute("COMMIT")
-        elif self._db.in_transaction:
-            self._db.execute("ROLLBACK")
+            try:
+                self._db.execute("COMMIT")
+            except BaseException:
+                # A COMMIT that failed (disk full) may leave the transaction open: end it, so
+                # that the next attempt starts clean instead of piling onto a doomed one.
+                self._rollback()
+                raise
+        else:
+            self._rollback()
+
+    def _rollback(self) -> None:
+        if self._db.in_transaction:
+            with contextlib.suppress(sqlite3.Error):  # the error being raised says more
+                self._db.execute("ROLLBACK")
 
 
 def move_aside(path: Path) -> Path:
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    target = path.with_name(f"{path.name}.{stamp}.old")
-    for suffix in ("-wal", "-shm", ""):
+    """Rename ``path`` and its companions to ``<name>.<time>.old`` (a fresh name, never reused).
+
+    The WAL moves first: if this is interrupted halfway, the main file left in place still opens
+    (missing at most its last commits), rather than a WAL left behind without its database.
+    """
+    if path.exists():
+        descriptor = _lock(path)  # refuse to pull the file from under a live run
+        os.close(descriptor)
+    target = _fresh_name(path, ".old")
+    for suffix in (*COMPANIONS, ""):
         source = Path(f"{path}{suffix}")
         if source.exists():
             source.rename(Path(f"{target}{suffix}"))
     return target
 
 
+def _fresh_name(path: Path, ending: str) -> Path:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for attempt in range(1000):
+        tag = stamp if attempt == 0 else f"{stamp}-{attempt}"
+        target = path.with_name(f"{path.name}.{tag}{ending}")
+        if not any(Path(f"{target}{suffix}").exists() for suffix in ("", *COMPANIONS)):
+            return target
+    raise CheckpointError(f"too many set-aside copies of {path}; clean some up", path=str(path))
+
+
+def _set_orphans_aside(path: Path) -> None:
+    """A WAL without its database must not be replayed into a new one: keep it, renamed."""
+    orphans = [Path(f"{path}{suffix}") for suffix in COMPANIONS if Path(f"{path}{suffix}").exists()]
+    if not orphans:
+        return
+    target = _fresh_name(path, ".orphan")
+    for orphan in orphans:
+        orphan.rename(Path(f"{target}{orphan.name[len(path.name) :]}"))
+    log.warning(
+        "%s was missing but its SQLite companion files were not; they were moved to %s-*",
+        path,
+        target,
+    )
+
+
+def _lock(path: Path) -> int:
+    """Open (creating if need be) and exclusively lock ``path``; return the descriptor."""
+    try:
+        descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as error:
+        raise CheckpointWriteError(
+            f"cannot create or write the checkpoint {path}: {error.strerror}; make its folder "
+            "writable or choose another --checkpoint (nothing was sent)",
+            path=str(path),
+        ) from None
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(descriptor)
+        raise CheckpointError(
+            f"the checkpoint {path} is in use by another ozbulk run; wait for it to finish "
+            "(ozbulk status shows where it stands), or stop it first",
+            path=str(path),
+        ) from None
+    return descriptor
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    try:
+        return sqlite3.connect(path, isolation_level=None)
+    except sqlite3.Error as error:
+        raise CheckpointWriteError(
+            f"cannot open the checkpoint {path} for writing: {error}; choose a writable "
+            "--checkpoint",
+            path=str(path),
+        ) from None
+
+
 def _has_tables(path: Path) -> bool:
     """False for a file a crash left before its first commit: SQLite reads it as empty."""
+    if path.stat().st_size == 0:
+        return False
     try:
-        connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        connection = _open_read_only(path)
         try:
             count: int = connection.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()[0]
             return count > 0
         finally:
             connection.close()
     except sqlite3.DatabaseError:
-        return True  # not SQLite at all: let the version check refuse it with a clear message
+        return True  # not SQLite at all: let read() refuse it with a clear message
 
 
 def _remove_quietly(path: Path) -> None:
-    for suffix in ("-wal", "-shm", ""):
+    """Remove a checkpoint this very call created and could not finish; nothing else."""
+    for suffix in (*COMPANIONS, ""):
         with contextlib.suppress(OSError):
             Path(f"{path}{suffix}").unlink()

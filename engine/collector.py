@@ -3,7 +3,23 @@
 Results arrive out of order from the workers. Each is merged into the totals at once (for the
 progress display) and journalled in batches: one transaction every ``commit_interval`` seconds,
 so durability costs one fsync per batch. A chunk is counted from its checkpoint row, which exists
-once, so no chunk is ever counted twice.
+once, so no chunk is ever counted twice: a chunk that failed in an earlier pass and is finished
+now replaces its old outcome in the totals, as its row replaces the old row.
+
+In doubt: a chunk that an earlier pass may have sent without recording its verdict (it was in
+flight, or its answer was not yet committed, when that pass died; or it failed after attempts that
+may have reached the server) is marked *in doubt* when it is sent again. The server may have
+applied it already, so its numbers can come back with ``deleted`` 0: they are counted as not
+found, and the report lists the chunk in in_doubt.csv instead of calling anything a failure.
+
+Which chunks those are is kept in two forms:
+
+- the *horizon*, for a pass that dies: every chunk at or past it is recorded or was never sent.
+  It moves ahead in steps, committed before the chunks it covers leave the producer, so after a
+  ``kill -9`` every unrecorded chunk below it is in doubt (a few more than were really in flight).
+- the exact set, for a pass that ends in order (complete, or drained after Ctrl-C): once every
+  worker has stopped, the chunks sent without a recorded verdict are known exactly. They are
+  stored, and the horizon drops to 0, so that a resume after a graceful stop marks only those.
 """
 
 from __future__ import annotations
@@ -15,13 +31,23 @@ from typing import Any
 
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream
+from pyroaring import BitMap
 
-from engine.batcher import Chunk, Reject
+from engine.batcher import Chunk, InputCounts, Reject
 from engine.checkpoint import DONE, FAILED, Checkpoint, ChunkRecord
 from engine.errors import CircuitOpen
 from engine.workers import ChunkResult, LiveStats
 
 log = logging.getLogger(__name__)
+
+RESENT_AFTER_INTERRUPTION = (
+    "sent again after an interruption: the interrupted run may have applied it, so numbers "
+    "not found were probably deleted then"
+)
+RESENT_AFTER_FAILURE = (
+    "sent again after failing in an earlier pass: an attempt then may have been applied, so "
+    "numbers not found were probably deleted then"
+)
 
 
 @dataclass(slots=True)
@@ -96,9 +122,23 @@ class Collector:
         self._interval = commit_interval
         self._horizon_step = horizon_step
         self._horizon = checkpoint.meta("horizon", 0)
+        # Chunks recorded as failed by an earlier pass: resending one replaces its old outcome.
+        self._failed_before = checkpoint.ids(FAILED)
+        self._failed_in_doubt = checkpoint.ids(FAILED, in_doubt=True)
+        # In doubt as of the last pass that ended in order (see the module's docstring).
+        self._in_doubt_settled = BitMap(checkpoint.meta("in_doubt", []) or [])
+        # This pass: chunks handed to the workers, reported sent (if the workers say), finished.
+        self._dispatched = BitMap()
+        self._sent = BitMap()
+        self._sent_reported = False
+        self._settled = False
         self._records: list[ChunkRecord] = []
         self._rejects: list[Reject] = []
         self.token_refreshes: Any = lambda: 0
+        # The producer's live counts, set by the pipeline; stored so that `ozbulk status` can
+        # tell how many chunks remain. A complete reading, once stored, is final.
+        self.input_counts: InputCounts | None = None
+        self._input_stored: dict[str, Any] = checkpoint.meta("input") or {}
 
     def load_totals(self) -> None:
         sums = self.checkpoint.sums()
@@ -116,17 +156,30 @@ class Collector:
         self._rejects.append(reject)
 
     def dispatching(self, chunk: Chunk) -> None:
-        """Called before a chunk is handed to the workers.
+        """Called before a chunk is handed to the workers: mark it, and move the horizon.
 
-        The checkpoint keeps a *horizon*: a promise that no chunk at or past it was ever sent.
-        It is moved ahead in steps, committed before the chunks it covers leave, so after a
-        crash every unfinished chunk below it is known to be *in doubt* (maybe applied).
+        The horizon is committed before the chunk leaves, so a crash an instant later still
+        finds it covered.
         """
-        if chunk.id < self._in_doubt_below:
+        if (
+            chunk.id < self._in_doubt_below
+            or chunk.id in self._in_doubt_settled
+            or chunk.id in self._failed_before
+        ):
             chunk.in_doubt = True
-        if chunk.id >= self._horizon:
+        self._dispatched.add(chunk.id)
+        if chunk.id >= self._horizon and not self._settled:
             self._horizon = chunk.id + self._horizon_step
             self.checkpoint.set_horizon(self._horizon)
+
+    def sending(self, chunk: Chunk) -> None:
+        """Called by a worker just before a chunk's first request (optional).
+
+        Without these reports every dispatched chunk counts as maybe sent, so a graceful stop
+        also marks the chunks that were still waiting in the buffer.
+        """
+        self._sent_reported = True
+        self._sent.add(chunk.id)
 
     # -- the task ---------------------------------------------------------------------------
     async def run(self, results: MemoryObjectReceiveStream[ChunkResult]) -> None:
@@ -137,15 +190,42 @@ class Collector:
             async for result in results:
                 self._merge(result)
             ticker.cancel_scope.cancel()
+        # Every worker has closed its end of the stream: none has a request in flight, so
+        # what is in doubt is now known exactly. (A cancelled run never gets here.)
+        self.settle()
 
     async def _tick(self) -> None:
         while True:
             await anyio.sleep(self._interval)
             self.commit()
 
+    def settle(self) -> None:
+        """Commit, then store the exact set of chunks in doubt and drop the horizon to 0.
+
+        Only for when no request can still be in flight. Killed between the two transactions,
+        the horizon is still up: safe, merely less precise.
+        """
+        self.commit()
+        checkpoint = self.checkpoint
+        sent = self._sent if self._sent_reported else self._dispatched
+        maybe_sent = self._in_doubt_settled | sent | BitMap(range(self._in_doubt_below))
+        in_doubt = maybe_sent - checkpoint.ids(DONE) - checkpoint.ids(FAILED)
+        checkpoint.settle(list(in_doubt))
+        self._settled = True
+        self._horizon = 0
+
     def _merge(self, result: ChunkResult) -> None:
         chunk, verdict, totals = result.chunk, result.verdict, self.totals
         totals.numbers_finished_this_pass += len(chunk.numbers)
+        failed_before = chunk.id in self._failed_before
+        if failed_before:
+            # The earlier failure's row is about to be replaced: take it out of the totals.
+            self._failed_before.discard(chunk.id)
+            totals.chunks_failed -= 1
+            totals.failed_numbers -= len(chunk.numbers)
+            if chunk.id in self._failed_in_doubt:
+                self._failed_in_doubt.discard(chunk.id)
+                totals.in_doubt_chunks -= 1
         if chunk.in_doubt:
             totals.in_doubt_chunks += 1
         if verdict is None:
@@ -168,9 +248,12 @@ class Collector:
             totals.success += verdict.success
             totals.error += len(verdict.error)
             totals.deleted += verdict.deleted
+            why = ""
+            if chunk.in_doubt:
+                why = RESENT_AFTER_FAILURE if failed_before else RESENT_AFTER_INTERRUPTION
             record = ChunkRecord(
                 chunk.id, DONE, len(chunk.numbers), verdict.success, len(verdict.error),
-                verdict.deleted, result.attempts, chunk.in_doubt, "",
+                verdict.deleted, result.attempts, chunk.in_doubt, why,
                 _error_detail(chunk, verdict.error, self._write),
             )  # fmt: skip
         self._records.append(record)
@@ -188,8 +271,26 @@ class Collector:
 
     def commit(self) -> None:
         """One transaction for everything merged since the last commit."""
-        self.checkpoint.record(self._records, self._rejects, self.counters())
+        self.checkpoint.record(
+            self._records, self._rejects, self.counters(), input_counts=self._input_update()
+        )
         self._records, self._rejects = [], []
+
+    def _input_update(self) -> dict[str, Any] | None:
+        """What the input holds, if it says more than the checkpoint already knows."""
+        counts = self.input_counts
+        stored = self._input_stored
+        if counts is None or stored.get("finished") or counts.rows < stored.get("rows", 0):
+            return None
+        self._input_stored = {
+            "rows": counts.rows,
+            "accepted": counts.accepted,
+            "rejected": counts.rejected,
+            "duplicates": counts.duplicates,
+            "chunks": counts.chunks,
+            "finished": counts.finished,
+        }
+        return self._input_stored
 
     @property
     def pending(self) -> int:

@@ -132,6 +132,7 @@ class Run:
         )
         self.collector.load_totals()
         self.producer = Producer(settings.inputs, self.normalizer, self.collector.reject)
+        self.collector.input_counts = self.producer.counts  # stored for `ozbulk status`
         self.stopping = anyio.Event()
         self.started = time.monotonic()
         self.skipped_chunks = 0

@@ -1,0 +1,206 @@
+"""`ozbulk status` and `ozbulk report`, from a checkpoint alone: what they show and write."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shlex
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from engine.batcher import Reject
+from engine.checkpoint import DONE, FAILED, Checkpoint, ChunkRecord, fingerprint
+from engine.collector import RESENT_AFTER_INTERRUPTION
+from engine.errors import CheckpointError
+from engine.report import REPORT_FILES, summary_from_checkpoint, write_report
+from engine.status import describe, render, resume_command, show_status, write_report_for
+from tests.test_checkpoint import IDENTITY
+
+SETTINGS: dict[str, Any] = {
+    "host": "api.example:443", "base_url": "https://api.example", "path": "/ca_apis/x",
+    "auth": "token", "rate": 5.0, "concurrency": 4, "inputs": ["numbers.csv"],
+    "group_id": 1, "user": "tester", "checkpoint": "c.ckpt",
+}  # fmt: skip
+INPUT = {"rows": 520, "accepted": 500, "rejected": 12, "duplicates": 8, "chunks": 5}
+
+
+def read_csv(path: Path) -> list[list[str]]:
+    with path.open(newline="") as handle:
+        return list(csv.reader(handle))
+
+
+@pytest.fixture
+def path(tmp_path: Path) -> Path:
+    """A checkpoint of a 5-chunk run: 2 done (one with API errors, one in doubt), 1 failed."""
+    path = tmp_path / "c.ckpt"
+    checkpoint = Checkpoint.for_run(path, IDENTITY, SETTINGS)
+    checkpoint.record(
+        [
+            ChunkRecord(0, DONE, 100, 98, 2, 90, 1, False, "",
+                        [("919800000001", 0, 3), ("+919800000002", 0, 4)]),
+            ChunkRecord(1, DONE, 100, 100, 0, 40, 1, True, RESENT_AFTER_INTERRUPTION, []),
+            ChunkRecord(2, FAILED, 100, 0, 0, 0, 8, False, "HTTP 503 Service Unavailable",
+                        [(f"9198000002{n:02d}", 0, 200 + n) for n in range(100)]),
+        ],
+        [Reject(0, 7, "12ab", "letters"), Reject(0, 9, "9.19E+11", "scientific notation")],
+        {"requests": 17, "retries": 9, "passes": 2},
+        input_counts={**INPUT, "finished": False},
+    )  # fmt: skip
+    checkpoint.close()
+    return path
+
+
+def read(path: Path) -> Checkpoint:
+    return Checkpoint.read(path)
+
+
+# -- the summary ---------------------------------------------------------------------------------
+
+
+def test_the_summary_from_a_checkpoint_counts_every_bucket(path: Path) -> None:
+    """Totals come from the chunk rows; not_found = sent - deleted - error; counters carried."""
+    checkpoint = read(path)
+    summary = summary_from_checkpoint(checkpoint)
+    checkpoint.close()
+    assert (summary["chunks_done"], summary["chunks_failed"]) == (2, 1)
+    assert (summary["sent"], summary["deleted"], summary["error"]) == (200, 130, 2)
+    assert summary["not_found"] == 68
+    assert summary["failed_numbers"] == 100
+    assert summary["in_doubt_chunks"] == 1
+    assert (summary["requests"], summary["retries"], summary["passes"]) == (17, 9, 2)
+    assert summary["rows"] == 520 and summary["input_read_completely"] is False
+    assert summary["chunks_total"] is None and summary["chunks_remaining"] is None
+    assert summary["complete"] is False
+    assert summary["fingerprint"] == fingerprint(IDENTITY)
+
+
+def test_once_the_input_was_read_to_its_end_the_chunks_remaining_are_known(path: Path) -> None:
+    """A finished reading gives chunks_total and what remains (failed ones included)."""
+    checkpoint = Checkpoint.for_run(path, IDENTITY, SETTINGS)
+    checkpoint.record([], [], {}, input_counts={**INPUT, "finished": True})
+    summary = summary_from_checkpoint(checkpoint)
+    assert (summary["chunks_total"], summary["chunks_remaining"]) == (5, 3)
+    checkpoint.record(
+        [ChunkRecord(n, DONE, 100, 100, 0, 100, 1, False, "", []) for n in (2, 3, 4)], [], {}
+    )
+    summary = summary_from_checkpoint(checkpoint)
+    checkpoint.close()
+    assert (summary["chunks_remaining"], summary["complete"]) == (0, True)
+
+
+# -- status --------------------------------------------------------------------------------------
+
+
+def test_status_describes_the_run_its_progress_and_how_to_resume(path: Path) -> None:
+    """Inputs, group, user, host, settings, fingerprint, chunks, totals, last write, command."""
+    checkpoint = read(path)
+    info = describe(checkpoint)
+    checkpoint.close()
+    assert info["inputs"] == IDENTITY["inputs"]
+    assert (info["group_id"], info["user"], info["host"]) == (1, "tester", "api.example:443")
+    assert info["settings"]["concurrency"] == 4
+    assert info["fingerprint"] == fingerprint(IDENTITY)
+    assert info["chunks"] == {"total": None, "done": 2, "failed": 1, "remaining": None,
+                              "in_doubt": 1}  # fmt: skip
+    assert info["totals"]["not_found"] == 68 and info["totals"]["rejected"] == 12
+    assert info["state"] == "incomplete, with failed chunks"
+    assert info["last_write"] and info["updated_ago_s"] < 60
+    assert info["schema_version"] == 1
+    text = render(info)
+    for expected in ("/data/numbers.csv", "group 1 of user tester at api.example:443",
+                     "2 done, 1 failed", "remaining unknown", "1 in doubt", "68 not in the group",
+                     "100 in failed chunks", "resume with  ozbulk delete"):  # fmt: skip
+        assert expected in text, expected
+
+
+def test_status_json_is_machine_readable(path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--json prints one JSON object with the same figures."""
+    assert show_status(path, as_json=True) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["chunks"]["done"] == 2
+    assert info["resume_command"].startswith("ozbulk delete /data/numbers.csv")
+
+
+def test_the_resume_command_carries_every_flag_that_decides_the_chunks(tmp_path: Path) -> None:
+    """Column, country, format, batch size, auth, path, rate, concurrency, absolute checkpoint."""
+    identity = {**IDENTITY, "column": "Mobile", "country": "AE", "number_format": "e164",
+                "batch_size": 50}  # fmt: skip
+    command = resume_command(identity, SETTINGS, tmp_path / "c.ckpt")
+    words = shlex.split(command)
+    assert words[:3] == ["ozbulk", "delete", "/data/numbers.csv"]
+    pairs = dict(zip(words[3::2], words[4::2], strict=True))
+    assert pairs == {
+        "--group-id": "1", "--user": "tester", "--auth": "token",
+        "--base-url": "https://api.example", "--path": "/ca_apis/x", "--column": "Mobile",
+        "--country": "AE", "--number-format": "e164", "--batch-size": "50", "--rate": "5",
+        "--concurrency": "4", "--checkpoint": str(tmp_path / "c.ckpt"),
+    }  # fmt: skip
+    plain = {**SETTINGS, "auth": "apikey", "rate": None, "path": "/ca_apis/deleteBlockNumberGroup"}
+    defaults = shlex.split(resume_command(IDENTITY, plain))
+    for absent in ("--auth", "--path", "--column", "--country", "--number-format", "--batch-size"):
+        assert absent not in defaults
+    assert defaults[defaults.index("--rate") + 1] == "0"
+
+
+def test_a_run_from_standard_input_has_no_resume_command() -> None:
+    """Standard input cannot be read twice: status says so instead of a command that fails."""
+    identity = {**IDENTITY, "inputs": [{"path": "-", "run": "x"}]}
+    assert resume_command(identity, SETTINGS).startswith("(none: this run read standard input")
+
+
+# -- report ----------------------------------------------------------------------------------------
+
+
+def test_the_report_names_every_number_without_a_verdict_of_its_own(path: Path) -> None:
+    """errors.csv: API errors and failed chunks' numbers with file and line; and the others."""
+    out = path.parent / "report"
+    checkpoint = read(path)
+    write_report(checkpoint, {"any": "summary"}, out)
+    checkpoint.close()
+    assert sorted(entry.name for entry in out.iterdir()) == sorted(REPORT_FILES)
+    assert json.loads((out / "summary.json").read_text()) == {"any": "summary"}
+    errors = read_csv(out / "errors.csv")
+    assert errors[0] == ["number", "file", "line", "reason", "chunk"]
+    assert errors[1:3] == [
+        ["919800000001", "/data/numbers.csv", "3", "listed in error by the API", "0"],
+        ["+919800000002", "/data/numbers.csv", "4", "listed in error by the API", "0"],
+    ]
+    assert len(errors) == 1 + 2 + 100
+    assert errors[3] == ["919800000200", "/data/numbers.csv", "200",
+                         "chunk failed: HTTP 503 Service Unavailable", "2"]  # fmt: skip
+    assert read_csv(out / "rejected.csv") == [
+        ["file", "line", "raw", "reason"],
+        ["/data/numbers.csv", "7", "12ab", "letters"],
+        ["/data/numbers.csv", "9", "9.19E+11", "scientific notation"],
+    ]
+    assert read_csv(out / "failed_chunks.csv") == [
+        ["chunk", "numbers", "attempts", "first_file", "first_line", "reason"],
+        ["2", "100", "8", "/data/numbers.csv", "200", "HTTP 503 Service Unavailable"],
+    ]
+    assert read_csv(out / "in_doubt.csv") == [
+        ["chunk", "state", "sent", "deleted", "not_found", "error", "reason"],
+        ["1", "done", "100", "40", "60", "0", RESENT_AFTER_INTERRUPTION],
+    ]
+
+
+def test_rewriting_a_report_replaces_it_whole_and_leaves_no_temporary_file(path: Path) -> None:
+    """The report command over an earlier report: same names, new content, nothing half-done."""
+    out = path.parent / "report"
+    out.mkdir()
+    (out / "errors.csv").write_text("stale\n")
+    assert write_report_for(path, out) == 0
+    assert read_csv(out / "errors.csv")[0] == ["number", "file", "line", "reason", "chunk"]
+    assert sorted(entry.name for entry in out.iterdir()) == sorted(REPORT_FILES)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["chunks_done"] == 2 and summary["not_found"] == 68
+
+
+def test_status_and_report_refuse_a_missing_checkpoint(tmp_path: Path) -> None:
+    """No file: a CheckpointError (exit 2) naming the path, not a traceback."""
+    with pytest.raises(CheckpointError, match="no checkpoint at"):
+        show_status(tmp_path / "nothing.ckpt", as_json=False)
+    with pytest.raises(CheckpointError, match="no checkpoint at"):
+        write_report_for(tmp_path / "nothing.ckpt", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
