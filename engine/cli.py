@@ -412,7 +412,7 @@ def print_summary(outcome: RunOutcome, argv: list[str] | None = None) -> None:
         0: "complete: every number has a verdict",
         1: "finished with failed chunks: re-run the same command to retry them",
         130: "interrupted: re-run the same command to resume",
-    }.get(outcome.exit_code, f"stopped: {summary.get('stopped_by', '')}; re-run to resume")
+    }.get(outcome.exit_code, f"stopped: {summary.get('stopped_by', '')}")
     print("ozbulk summary\n" + "\n".join(lines))
     if summary.get("report"):
         print(
