@@ -20,12 +20,14 @@ import anyio
 
 from engine import settings as defaults
 from engine.config import config_path, layer_defaults
-from engine.errors import OzbulkError, UsageError
+from engine.errors import InputError, OzbulkError, UsageError
 from engine.logs import REDACTOR, setup_logging
+from engine.numbers import Normalizer
 from engine.pipeline import RunOutcome, delete, open_checkpoint
 from engine.plan import Plan, make_plan, write_rejects
 from engine.progress import BarDisplay, LogDisplay
 from engine.settings import InputSettings, RunSettings, Secret
+from engine.source import CsvSource
 from engine.status import show_status, write_report_for
 
 log = logging.getLogger("engine")
@@ -421,7 +423,8 @@ def print_summary(outcome: RunOutcome, argv: list[str] | None = None) -> None:
         )
     print(f"  checkpoint   {summary['checkpoint']}")
     print(f"exit {outcome.exit_code}: {meaning}")
-    if outcome.exit_code != 0 and argv is not None:
+    # A bad input fails the same way on every re-run: resuming is not the advice then.
+    if outcome.exit_code != 0 and argv is not None and not isinstance(outcome.error, InputError):
         print(f"resume with: {resume_command(argv)}")
 
 
@@ -437,6 +440,7 @@ def cmd_delete(args: argparse.Namespace, argv: list[str]) -> int:
     settings = settings_from_args(args)
     if settings.inputs.from_stdin:
         log.warning("reading standard input: this run cannot be resumed if interrupted")
+    _check_inputs(settings)
     if args.dry_run:
         return _dry_run(settings)
     settings.require_api_key()
@@ -456,6 +460,14 @@ def cmd_delete(args: argparse.Namespace, argv: list[str]) -> int:
     if outcome.error is not None:
         log.error("%s", outcome.error)
     return outcome.exit_code
+
+
+def _check_inputs(settings: RunSettings) -> None:
+    """Refuse an unusable file (binary, workbook, no phone column) before any checkpoint exists."""
+    looks_like_phone = Normalizer(settings.inputs.country).looks_like_phone
+    for path in settings.inputs.paths:
+        if path != "-":
+            CsvSource(path, settings.inputs.column, looks_like_phone).inspect()
 
 
 def _dry_run(settings: RunSettings) -> int:

@@ -11,6 +11,7 @@ import csv
 import gzip
 import math
 import os
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -110,16 +111,21 @@ def input_size(paths: tuple[str, ...]) -> int | None:
     return sum(os.path.getsize(path) for path in paths)
 
 
-def _estimate_rows(paths: tuple[str, ...]) -> int:
+def _estimate_rows(paths: tuple[str, ...]) -> int | None:
+    """Rows from file sizes and the average line length of the first megabyte; None if unsure."""
     total = 0
     for path in paths:
-        opener: Any = gzip.open if path.endswith(".gz") else open
-        with opener(path, "rb") as handle:
-            sample = handle.read(SAMPLE_BYTES)
+        try:
+            with open(path, "rb") as raw:
+                compressed = raw.read(2) == b"\x1f\x8b"
+            opener: Any = gzip.open if compressed else open
+            with opener(path, "rb") as handle:
+                sample = handle.read(SAMPLE_BYTES)
+        except (OSError, EOFError, zlib.error):
+            return None  # the run itself reports what is wrong with the file
         lines = max(1, sample.count(b"\n"))
-        size = os.path.getsize(path)
-        ratio = 4.0 if path.endswith(".gz") else 1.0  # phone lists compress about 4:1
-        total += int(size * ratio / (len(sample) / lines)) if sample else 0
+        ratio = 4.0 if compressed else 1.0  # phone lists compress about 4:1
+        total += int(os.path.getsize(path) * ratio / (len(sample) / lines)) if sample else 0
     return total
 
 
