@@ -10,15 +10,17 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import os
 import ssl
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 import aiohttp
 import orjson
 
-from engine.auth import ApiKeyAuth, Auth, TokenAuth
+from engine.auth import RATE_MESSAGES, ApiKeyAuth, Auth, TokenAuth
 from engine.errors import (
     ApiError,
     AuthError,
@@ -30,13 +32,13 @@ from engine.errors import (
     TokenRejected,
     TransportError,
 )
+from engine.pacing import Pacer
 from engine.settings import RunSettings
 
 # HTML pages and stack traces can be long; an error message keeps only their start.
 SNIPPET = 120
 TOKEN_MESSAGES = ("token expired", "invalid token", "token should not be null")
 AUTH_MESSAGES = ("invalid username or apikey", "username is null", "unauthori")
-RATE_MESSAGES = ("max limit exceeded", "rate limit", "too many requests")
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +81,14 @@ def classify(status: int, headers: Mapping[str, str], raw: bytes, generation: in
         )
     if status >= 500:
         raise ServerError(f"HTTP {status}: {_snippet(raw)}", http_status=status)
+    if 300 <= status < 400:
+        # Redirects are not followed: the apiKey header would go along to wherever they point.
+        raise FatalApiError(
+            f"HTTP {status}: the API answered with a redirect to "
+            f"{headers.get('Location', '?')[:SNIPPET]}; check --base-url and --path "
+            "(ozbulk does not follow redirects, so credentials never leave for another host)",
+            http_status=status,
+        )
     try:
         answer = orjson.loads(raw)
     except orjson.JSONDecodeError:
@@ -136,35 +146,62 @@ def classify(status: int, headers: Mapping[str, str], raw: bytes, generation: in
         )
     if status in (401, 403):
         raise AuthError(f"HTTP {status}: {message or 'credentials refused'}", http_status=status)
+    if status == 404:
+        raise FatalApiError(
+            f"HTTP 404 ({message or 'not found'}): no such endpoint; check --base-url and --path",
+            http_status=status,
+        )
     raise ServerError(f"unexpected answer (HTTP {status}): {_snippet(raw)}", http_status=status)
 
 
 def translate_transport_error(error: BaseException, url: str) -> ApiError:
-    """Map every failure to get an answer onto the error tree; the only place that knows aiohttp."""
+    """Map every failure to get an answer onto the error tree; the only place that knows aiohttp.
+
+    Messages name the URL and the kind of failure, never the request's headers (which hold the
+    API key or token); callers raise the result ``from None`` so aiohttp's own text stays out.
+    """
+    name = error.__class__.__name__
     if isinstance(error, aiohttp.ClientConnectorCertificateError | ssl.SSLCertVerificationError):
         return FatalApiError(
             f"TLS certificate of {url} failed verification; check --base-url "
             "(verification stays on: a key must not be sent to an impostor)"
         )
-    if isinstance(error, aiohttp.ClientSSLError | ssl.SSLError):
-        return TransportError(f"TLS error talking to {url}: {error.__class__.__name__}")
-    if isinstance(error, asyncio.TimeoutError | TimeoutError | aiohttp.ServerTimeoutError):
-        return TransportError(f"no answer from {url} in time")
-    if isinstance(error, aiohttp.ClientConnectorError):
-        return TransportError(
-            f"cannot connect to {url}: {error.os_error.strerror or error.os_error}"
+    if isinstance(error, aiohttp.ServerFingerprintMismatch):
+        return FatalApiError(f"TLS certificate of {url} does not match the expected fingerprint")
+    if isinstance(error, aiohttp.RedirectClientError):
+        return FatalApiError(
+            f"{url} redirected to an unusable URL ({name}); check --base-url and --path"
         )
+    if isinstance(error, aiohttp.InvalidURL | aiohttp.NonHttpUrlClientError):
+        return FatalApiError(f"invalid URL {url}; check --base-url and --path")
+    if isinstance(error, aiohttp.ClientSSLError | ssl.SSLError):
+        return TransportError(f"TLS error talking to {url}: {name}")
+    if isinstance(error, aiohttp.ConnectionTimeoutError):
+        return TransportError(f"could not connect to {url} in time (--connect-timeout)")
+    if isinstance(error, asyncio.TimeoutError | TimeoutError):  # ServerTimeoutError is one too
+        return TransportError(f"no answer from {url} in time (--read-timeout)")
+    if isinstance(error, aiohttp.ClientConnectorDNSError):
+        return TransportError(f"cannot resolve the host of {url}; check --base-url and DNS")
+    if isinstance(error, aiohttp.ClientProxyConnectionError):
+        return TransportError(f"cannot connect to the proxy for {url}")
+    if isinstance(error, aiohttp.ClientConnectorError):
+        # The standard text for the errno, never text the exception carries.
+        number = error.os_error.errno
+        reason = os.strerror(number) if isinstance(number, int) and number > 0 else name
+        return TransportError(f"cannot connect to {url}: {reason}")
     if isinstance(error, aiohttp.ServerDisconnectedError):
         return TransportError(f"{url} closed the connection without answering")
     if isinstance(error, aiohttp.ClientPayloadError):
         return TransportError(f"the answer from {url} was cut short")
+    if isinstance(error, aiohttp.UploadAbortedError):
+        return TransportError(f"the request to {url} was not fully sent")
     if isinstance(error, aiohttp.ClientResponseError):
         return ServerError(f"bad HTTP answer from {url}: {error.status}", http_status=error.status)
-    if isinstance(error, aiohttp.InvalidURL):
-        return FatalApiError(f"invalid URL {url}; check --base-url and --path")
+    if isinstance(error, ConnectionResetError):
+        return TransportError(f"{url} reset the connection")
     if isinstance(error, aiohttp.ClientError | OSError):
-        return TransportError(f"network error talking to {url}: {error.__class__.__name__}")
-    raise TypeError(f"not a transport error: {error!r}")
+        return TransportError(f"network error talking to {url}: {name}")
+    raise TypeError(f"not a transport error: {name}")
 
 
 TRANSPORT_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError, OSError)
@@ -173,10 +210,16 @@ TRANSPORT_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError, OSError)
 class OzonetelClient:
     """Sends chunks; owns the aiohttp session (one for the run) and the auth provider."""
 
-    def __init__(self, settings: RunSettings, session: aiohttp.ClientSession) -> None:
+    def __init__(
+        self, settings: RunSettings, session: aiohttp.ClientSession, pacer: Pacer | None = None
+    ) -> None:
         self.settings = settings
+        # Paces the deletes (the workers take their turns); the token request only reports to
+        # it, so that the requests after it leave room for it in the server's window.
+        self.pacer = pacer
         self._session = session
         self._url = settings.url
+        self._where = _without_userinfo(settings.url)
         self._prefix = orjson.dumps({"userName": settings.user, "id": settings.group_id})[:-1]
         self.auth: Auth
         if settings.auth == "token":
@@ -193,13 +236,18 @@ class OzonetelClient:
 
     @staticmethod
     def open_session(settings: RunSettings) -> aiohttp.ClientSession:
-        """One session, one connection per worker; timeouts leave out waiting for the pool."""
+        """One session, one connection per worker; timeouts leave out waiting for the pool.
+
+        The pool has room for every worker plus the token request, so no request ever waits
+        for a connection, and ``total`` (which would count that wait) only bounds a server that
+        trickles an answer byte by byte. ``sock_read`` is what catches a server that hangs.
+        """
         timeout = aiohttp.ClientTimeout(
-            total=settings.connect_timeout + settings.read_timeout,
+            total=settings.connect_timeout + 2 * settings.read_timeout,
             sock_connect=settings.connect_timeout,
             sock_read=settings.read_timeout,
         )
-        connector = aiohttp.TCPConnector(limit=settings.concurrency, ttl_dns_cache=300)
+        connector = aiohttp.TCPConnector(limit=settings.concurrency + 1, ttl_dns_cache=300)
         return aiohttp.ClientSession(
             connector=connector,
             timeout=timeout,
@@ -212,19 +260,54 @@ class OzonetelClient:
         return self._prefix + b',"blockNumbers":' + orjson.dumps(numbers) + b"}"
 
     async def delete(self, body: bytes) -> Verdict:
+        """Send one DELETE with this body; its verdict, or the error of the error tree it means."""
         headers = await self.auth.headers()
         generation = self.auth.generation
         try:
-            async with self._session.delete(self._url, data=body, headers=headers) as response:
+            async with self._session.delete(
+                self._url, data=body, headers=headers, allow_redirects=False
+            ) as response:
                 raw = await response.read()
                 status, answer_headers = response.status, response.headers
         except TRANSPORT_ERRORS as error:
-            raise translate_transport_error(error, self._url) from None
-        return classify(status, answer_headers, raw, generation)
+            raise translate_transport_error(error, self._where) from None
+        verdict = classify(status, answer_headers, raw, generation)
+        self.auth.accepted(generation)
+        return verdict
 
     async def _post(self, url: str, headers: dict[str, str], body: bytes) -> tuple[int, bytes]:
+        """POST for Generate Token: status and body; HTTP 429 is raised as RateLimited here."""
+        pacer = self.pacer
+        ticket = 0.0 if pacer is None else pacer.unpaced()
+        status, retry_after = 0, None
         try:
-            async with self._session.post(url, data=body, headers=headers) as response:
-                return response.status, await response.read()
+            async with self._session.post(
+                url, data=body, headers=headers, allow_redirects=False
+            ) as response:
+                raw = await response.read()
+                status, retry_after = response.status, response.headers.get("Retry-After")
         except TRANSPORT_ERRORS as error:
-            raise translate_transport_error(error, url) from None
+            raise translate_transport_error(error, _without_userinfo(url)) from None
+        finally:
+            if pacer is not None and status != 429:
+                pacer.on_other(ticket)
+        if status == 429:
+            refused = RateLimited(
+                "Generate Token: HTTP 429 Too Many Requests",
+                retry_after=parse_retry_after(retry_after),
+                http_status=status,
+            )
+            if pacer is not None:
+                pacer.on_rate_limited(ticket, refused.retry_after)
+            raise refused
+        return status, raw
+
+
+def _without_userinfo(url: str) -> str:
+    """The URL as messages show it: no user:password@ (a secret could hide there), no query."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{host}{port}{parts.path}"

@@ -1,10 +1,18 @@
 """The workers: N tasks that each take a chunk, send it until it has a verdict, and pass it on.
 
 Retries are decided by an explicit predicate: only :class:`~engine.errors.RetryableApiError` is
-retried, with exponential backoff and full jitter; a :class:`~engine.errors.FatalApiError`
-propagates and stops the whole run. A chunk whose attempts run out becomes a *failed* result,
-recorded and re-sent by a later pass; rate-limit answers do not use up attempts (the pacer deals
-with them), up to a generous cap.
+retried; a :class:`~engine.errors.FatalApiError` propagates (carrying the chunk's id) and stops
+the whole run. How each retryable error is retried:
+
+* network errors, timeouts, 5xx, HTML or garbled answers: after a backoff with full jitter,
+  uniform in [0, min(cap, base * 2^(n-1))]; each uses up an attempt, and a chunk whose attempts
+  run out becomes a *failed* result (recorded, reported, re-sent by ``--retry-failed``);
+* rate-limit answers: at once, when the pacer (which has slowed down, and honours Retry-After for
+  every worker) gives the next turn; they do not use up attempts, up to 10x as many tries;
+* a refused token: at once, after the shared token was refreshed (single-flight, by generation).
+
+Every turn the pacer gives is reported back to it with its ticket, whatever the outcome, so its
+sliding-window guard knows which requests the server may still be counting.
 """
 
 from __future__ import annotations
@@ -18,11 +26,21 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from engine.batcher import Chunk
 from engine.client import OzonetelClient, Verdict
-from engine.errors import AuthError, RateLimited, RetryableApiError, TokenRejected
+from engine.errors import (
+    AuthError,
+    FatalApiError,
+    RateLimited,
+    RetryableApiError,
+    ServerError,
+    TokenRejected,
+    TransportError,
+)
 from engine.pacing import Pacer
 
 RATE_LIMITED_ATTEMPTS_FACTOR = 10
-TOKEN_REFUSALS_MAX = 2
+# A backstop: TokenAuth stops a run whose fresh tokens are refused; this stops a chunk whose
+# token keeps being replaced under it (another client minting tokens for the account).
+TOKEN_REFUSALS_MAX = 5
 
 
 @dataclass(slots=True)
@@ -53,6 +71,8 @@ class ChunkResult:
 
 @dataclass
 class WorkerContext:
+    """What every worker shares: the client, the pacer, the counters and the run's settings."""
+
     client: OzonetelClient
     pacer: Pacer
     stats: LiveStats
@@ -61,6 +81,11 @@ class WorkerContext:
     backoff_cap: float
     write: Callable[[int], str]
     stopping: anyio.Event = field(default_factory=anyio.Event)
+
+    def __post_init__(self) -> None:
+        # Token requests count against the same server window as the deletes.
+        if self.client.pacer is None:
+            self.client.pacer = self.pacer
 
 
 def backoff_delay(attempt: int, base: float, cap: float) -> float:
@@ -75,30 +100,46 @@ async def send_chunk(chunk: Chunk, context: WorkerContext) -> ChunkResult | None
     stats, pacer = context.stats, context.pacer
     attempts = rate_limited = token_refusals = 0
     while True:
-        await pacer.acquire()
+        ticket = await pacer.acquire(context.stopping)
+        if ticket is None:
+            return None
         attempts += 1
         stats.requests += 1
         stats.in_flight += 1
         try:
             verdict = await context.client.delete(body)
         except RateLimited as error:
+            pacer.on_rate_limited(ticket, error.retry_after)
             stats.rate_limited += 1
             rate_limited += 1
-            pacer.on_rate_limited(error.retry_after)
             last: RetryableApiError = error
         except TokenRejected as error:
+            pacer.on_other(ticket)
             token_refusals += 1
             if token_refusals > TOKEN_REFUSALS_MAX:
                 raise AuthError(
-                    "the API keeps refusing freshly generated tokens; check the account's "
-                    "token settings and --user"
+                    f"the API refused {token_refusals} tokens in a row for chunk {chunk.id}; "
+                    "check the account's token settings and --user",
+                    chunk_id=chunk.id,
                 ) from None
-            await context.client.auth.token_rejected(error.generation)
             last = error
-        except RetryableApiError as error:
+            try:
+                await context.client.auth.token_rejected(error.generation)
+            except RetryableApiError as refresh_error:
+                last = refresh_error  # the refresh itself failed: back off, then try again
+        except TransportError as error:
+            pacer.on_other(ticket)
+            stats.transport_errors += 1
             last = error
+        except ServerError as error:
+            pacer.on_other(ticket)
+            stats.server_errors += 1
+            last = error
+        except BaseException:
+            pacer.on_other(ticket)  # fatal, or cancelled: the run is ending
+            raise
         else:
-            pacer.on_success()
+            pacer.on_success(ticket)
             return ChunkResult(chunk, attempts, verdict)
         finally:
             stats.in_flight -= 1
@@ -111,6 +152,7 @@ async def send_chunk(chunk: Chunk, context: WorkerContext) -> ChunkResult | None
             return None
         stats.retries += 1
         if not isinstance(last, RateLimited | TokenRejected):
+            # Full jitter: retries of many chunks that failed together do not return together.
             with anyio.move_on_after(
                 backoff_delay(counted, context.backoff_base, context.backoff_cap)
             ):
@@ -128,7 +170,12 @@ async def worker(
         async for chunk in chunks:
             if context.stopping.is_set():
                 return  # chunks still buffered are not sent: they stay for the resume
-            result = await send_chunk(chunk, context)
+            try:
+                result = await send_chunk(chunk, context)
+            except FatalApiError as error:
+                if error.chunk_id is None:
+                    error.chunk_id = chunk.id
+                raise
             if result is None:
                 return  # stopping: the chunk stays unfinished and is re-sent on resume
             await results.send(result)
