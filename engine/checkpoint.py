@@ -533,7 +533,9 @@ def _lock(path: Path) -> int:
 
 def _connect(path: Path) -> sqlite3.Connection:
     try:
-        return sqlite3.connect(path, isolation_level=None)
+        # The collector commits from a worker thread, one write at a time (it holds a lock), so
+        # the connection may be used from a thread other than the one that opened it.
+        return sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     except sqlite3.Error as error:
         raise CheckpointWriteError(
             f"cannot open the checkpoint {path} for writing: {error}; choose a writable "

@@ -157,6 +157,13 @@ def _add_delete_options(run: argparse.ArgumentParser) -> None:
         help="requests in flight at once (default %(default)s)",
     )
     speed.add_argument(
+        "--producer",
+        choices=("process", "inline"),
+        default="process",
+        help="read and normalize the input in a child process, on another core (default), or "
+        "inline in the main process",
+    )
+    speed.add_argument(
         "--batch-size",
         type=int,
         default=defaults.MAX_BATCH,
@@ -371,6 +378,7 @@ def settings_from_args(args: argparse.Namespace) -> RunSettings:
         retry_failed=args.retry_failed,
         summary_json=args.summary_json,
         report_dir=args.report_dir,
+        producer_process=args.producer == "process",
     )
 
 

@@ -27,9 +27,11 @@ from __future__ import annotations
 import logging
 from collections import deque
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import anyio
+import anyio.to_thread
 from anyio.streams.memory import MemoryObjectReceiveStream
 from pyroaring import BitMap
 
@@ -88,6 +90,8 @@ class CircuitBreaker:
 
 def _error_detail(chunk: Chunk, errors: list[str], write: Any) -> list[tuple[str, int, int]]:
     """Match the numbers the API listed in ``error`` back to their file and line."""
+    if not errors:
+        return []  # the common case: no lookup table to build for each chunk
     where: dict[str, tuple[int, int]] = {}
     for number, file, line in zip(chunk.numbers, chunk.files, chunk.lines, strict=True):
         origin = (file, line)
@@ -132,6 +136,7 @@ class Collector:
         self._sent = BitMap()
         self._sent_reported = False
         self._settled = False
+        self._write_lock = anyio.Lock()
         self._records: list[ChunkRecord] = []
         self._rejects: list[Reject] = []
         self.token_refreshes: Any = lambda: 0
@@ -168,9 +173,20 @@ class Collector:
         ):
             chunk.in_doubt = True
         self._dispatched.add(chunk.id)
-        if chunk.id >= self._horizon and not self._settled:
+        if self._needs_horizon(chunk):
             self._horizon = chunk.id + self._horizon_step
             self.checkpoint.set_horizon(self._horizon)
+
+    def _needs_horizon(self, chunk: Chunk) -> bool:
+        return chunk.id >= self._horizon and not self._settled
+
+    async def dispatch(self, chunk: Chunk) -> None:
+        """:meth:`dispatching` for the event loop: a horizon write waits for the writer thread."""
+        if self._needs_horizon(chunk):
+            async with self._write_lock:
+                await anyio.to_thread.run_sync(self.dispatching, chunk)
+        else:
+            self.dispatching(chunk)
 
     def sending(self, chunk: Chunk) -> None:
         """Called by a worker just before a chunk's first request (optional).
@@ -197,7 +213,27 @@ class Collector:
     async def _tick(self) -> None:
         while True:
             await anyio.sleep(self._interval)
-            self.commit()
+            await self.commit_in_thread()
+
+    async def commit_in_thread(self) -> None:
+        """:meth:`commit` with its fsync in a worker thread, so requests keep flowing meanwhile.
+
+        Results merged while it writes wait for the next commit. The thread cannot be abandoned
+        half-way (anyio defers a cancellation until it returns), and the lock keeps every other
+        write, the horizon's included, out of the connection until then.
+        """
+        async with self._write_lock:
+            records, rejects = self._records, self._rejects
+            self._records, self._rejects = [], []
+            counters, input_counts = self.counters(), self._input_update()
+            try:
+                await anyio.to_thread.run_sync(
+                    partial(self.checkpoint.record, records, rejects, counters,
+                            input_counts=input_counts)
+                )  # fmt: skip
+            except BaseException:
+                self._records[:0], self._rejects[:0] = records, rejects  # not committed: keep
+                raise
 
     def settle(self) -> None:
         """Commit, then store the exact set of chunks in doubt and drop the horizon to 0.

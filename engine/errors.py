@@ -47,6 +47,7 @@ class InputError(UsageError):
     def __init__(self, message: str, *, file: str | None = None, line: int | None = None) -> None:
         where = file if line is None else f"{file}:{line}"
         super().__init__(f"{where}: {message}" if where else message)
+        self.reason = message
         self.file = file
         self.line = line
 

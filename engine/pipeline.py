@@ -38,14 +38,12 @@ from engine.collector import CircuitBreaker, Collector
 from engine.errors import CheckpointWriteError, OzbulkError
 from engine.numbers import Normalizer, formatter
 from engine.pacing import Pacer
+from engine.producer_process import ProducerInProcess, ProducerProcess, Selection
 from engine.report import default_report_dir, write_report
 from engine.settings import RunSettings
 from engine.workers import ChunkResult, LiveStats, WorkerContext, worker
 
 log = logging.getLogger(__name__)
-
-# The producer yields to the event loop this often, so workers are never starved by it.
-YIELD_EVERY = 8
 
 
 @dataclass
@@ -128,18 +126,34 @@ class Run:
             breaker=CircuitBreaker(settings.breaker_window, settings.breaker_ratio),
             write=self.write,
             commit_interval=settings.commit_interval,
-            horizon_step=max(64, 4 * settings.concurrency),
+            # Each step is one committed write; larger steps mark more chunks in doubt after a
+            # kill -9 (never fewer than were really in flight), so a step is a few hundred ms of
+            # requests at high rates.
+            horizon_step=max(256, 16 * settings.concurrency),
         )
         self.collector.load_totals()
-        self.producer = Producer(settings.inputs, self.normalizer, self.collector.reject)
-        self.collector.input_counts = self.producer.counts  # stored for `ozbulk status`
+        self.source = self._chunk_source()
+        self.collector.input_counts = self.source.counts  # stored for `ozbulk status`
         self.stopping = anyio.Event()
         self.started = time.monotonic()
-        self.skipped_chunks = 0
+
+    def _chunk_source(self) -> ProducerProcess | ProducerInProcess:
+        """The producer runs in a child process (the second core) unless it reads stdin."""
+        inputs = self.settings.inputs
+        if self.settings.producer_process and not inputs.from_stdin:
+            only = self.failed_before.serialize() if self.settings.retry_failed else None
+            selection = Selection(skip=self.done.serialize(), only=only)
+            return ProducerProcess(inputs, selection, self.collector.reject)
+        producer = Producer(inputs, self.normalizer, self.collector.reject)
+        return ProducerInProcess(producer, self.should_send)
 
     @property
     def counts(self) -> InputCounts:
-        return self.producer.counts
+        return self.source.counts
+
+    @property
+    def skipped_chunks(self) -> int:
+        return self.source.skipped
 
     def should_send(self, chunk_id: int) -> bool:
         if self.settings.retry_failed:
@@ -148,19 +162,14 @@ class Run:
 
     async def produce(self, chunks: Any) -> None:
         async with chunks:
-            for count, chunk in enumerate(self.producer.chunks()):
+            async for chunk in self.source.chunks():
                 if self.stopping.is_set():
                     return
-                if self.should_send(chunk.id):
-                    self.collector.dispatching(chunk)
-                    try:
-                        await chunks.send(chunk)
-                    except anyio.BrokenResourceError:
-                        return  # every worker has stopped (a graceful stop): nothing to feed
-                else:
-                    self.skipped_chunks += 1
-                if count % YIELD_EVERY == 0:
-                    await anyio.lowlevel.checkpoint()
+                await self.collector.dispatch(chunk)
+                try:
+                    await chunks.send(chunk)
+                except anyio.BrokenResourceError:
+                    return  # every worker has stopped (a graceful stop): nothing to feed
 
     async def execute(self, stop: StopControl | None, progress: Any | None) -> OzbulkError | None:
         settings = self.settings
@@ -170,7 +179,7 @@ class Run:
         )
         error: OzbulkError | None = None
         async with OzonetelClient.open_session(settings) as session:
-            client = OzonetelClient(settings, session)
+            client = OzonetelClient(settings, session, pacer=self.pacer)
             self.collector.token_refreshes = lambda: client.auth.refreshes
             context = WorkerContext(
                 client=client,

@@ -11,17 +11,11 @@ import time
 from typing import TYPE_CHECKING, Any
 
 import anyio
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
 
 if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.progress import Progress
+
     from engine.pipeline import Run
 
 log = logging.getLogger("engine.progress")
@@ -65,10 +59,22 @@ class BarDisplay:
     """rich's progress bar on the terminal (stderr, so stdout stays clean for scripts)."""
 
     def __init__(self, console: Console | None = None, total: int | None = None) -> None:
+        # rich is imported only when a bar is drawn: scripts and pipes never pay for it.
+        from rich.console import Console
+
         self.console = console or Console(stderr=True)
         self.total = total  # from the plan's pre-scan; else it grows as the input is read
 
     async def run(self, run: Run) -> None:
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
         progress = Progress(
             TextColumn("[bold]deleting"),
             BarColumn(),

@@ -135,6 +135,7 @@ class RunSettings:
     summary_json: Path | None = None
     report_dir: Path | None = None
     commit_interval: float = 0.2
+    producer_process: bool = True
 
     def __post_init__(self) -> None:
         if self.group_id < 0:

@@ -1,0 +1,68 @@
+"""The producer in a child process gives exactly what the producer gives in this one."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import anyio
+import pytest
+from pyroaring import BitMap
+
+from engine.batcher import Chunk, Producer, Reject
+from engine.errors import InputError
+from engine.numbers import Normalizer
+from engine.producer_process import ProducerProcess, Selection
+from engine.settings import InputSettings
+
+
+def _collect(source: ProducerProcess) -> list[Chunk]:
+    async def run() -> list[Chunk]:
+        return [chunk async for chunk in source.chunks()]
+
+    return anyio.run(run)
+
+
+def test_child_process_yields_the_same_chunks_counts_and_rejects(sample_csv) -> None:
+    """Chunks (ids, numbers, origins), counts and rejects match the in-process producer's."""
+    inputs = InputSettings(paths=(str(sample_csv(5000)),))
+    expected_rejects: list[Reject] = []
+    producer = Producer(inputs, Normalizer(), expected_rejects.append)
+    expected = list(producer.chunks())
+    rejects: list[Reject] = []
+    source = ProducerProcess(
+        inputs, Selection(skip=BitMap().serialize(), only=None), rejects.append
+    )
+    got = _collect(source)
+    assert [(c.id, c.numbers, c.files, c.lines) for c in got] == [
+        (c.id, c.numbers, c.files, c.lines) for c in expected
+    ]
+    assert rejects == expected_rejects and rejects
+    assert source.counts == producer.counts and source.counts.finished
+    assert source.skipped == 0
+
+
+def test_child_process_skips_finished_chunks_and_counts_them(sample_csv) -> None:
+    """Chunk ids in the skip set are not shipped; `only` ships just those ids."""
+    inputs = InputSettings(paths=(str(sample_csv(3000)),))
+    done = BitMap(range(0, 20))
+    source = ProducerProcess(inputs, Selection(skip=done.serialize(), only=None), lambda _: None)
+    ids = [chunk.id for chunk in _collect(source)]
+    assert ids == list(range(20, source.counts.chunks))
+    assert source.skipped == 20
+    only = BitMap([3, 7])
+    retry = ProducerProcess(inputs, Selection(skip=b"", only=only.serialize()), lambda _: None)
+    assert [chunk.id for chunk in _collect(retry)] == [3, 7]
+
+
+def test_child_process_input_error_keeps_file_and_reason(tmp_path: Path) -> None:
+    """A file the child cannot use raises InputError in the parent, naming the file."""
+    binary = tmp_path / "binary.csv"
+    binary.write_bytes(bytes(range(256)) * 64)
+    inputs = InputSettings(paths=(str(binary),))
+    source = ProducerProcess(
+        inputs, Selection(skip=BitMap().serialize(), only=None), lambda _: None
+    )
+    with pytest.raises(InputError) as caught:
+        _collect(source)
+    assert caught.value.file == str(binary)
+    assert str(binary) in str(caught.value)
