@@ -2,8 +2,8 @@
 
 The stages add one step each, so their differences show where the producer's time goes:
 
-``read``       ``CsvSource.cells()``: decode, parse CSV, pick the phone column
-``normalize``  the above, plus ``Normalizer.normalize`` on every cell
+``read``       ``CsvSource.batches()``: decode, parse CSV, pick the phone column
+``normalize``  the above, plus ``Normalizer.normalize_batch`` on every batch (the producer's path)
 ``full``       ``Producer(...).chunks()``: the above, plus dedupe (roaring bitmap) and chunking,
                exactly what ``ozbulk delete`` runs before the network
 
@@ -17,7 +17,7 @@ import json
 import time
 
 from engine.batcher import Producer
-from engine.numbers import Normalizer, Rejected
+from engine.numbers import Normalizer
 from engine.settings import InputSettings
 from engine.source import CsvSource
 
@@ -28,19 +28,16 @@ def measure(stage: str, path: str) -> dict[str, float | int | str]:
     normalizer = Normalizer()
     rows = accepted = chunks = 0
     wall, cpu = time.perf_counter(), time.process_time()
+    source = CsvSource(path, None, normalizer.looks_like_phone)
     if stage == "read":
-        for _line, _cell in CsvSource(path, None, normalizer.looks_like_phone).cells():
-            rows += 1
+        for _lines, cells in source.batches():
+            rows += len(cells)
         accepted = rows
     elif stage == "normalize":
-        normalize = normalizer.normalize
-        for _line, cell in CsvSource(path, None, normalizer.looks_like_phone).cells():
-            rows += 1
-            try:
-                normalize(cell)
-            except Rejected:
-                continue
-            accepted += 1
+        normalize_batch = normalizer.normalize_batch
+        for _lines, cells in source.batches():
+            rows += len(cells)
+            accepted += len(normalize_batch(cells)[0])
     else:
         producer = Producer(InputSettings(paths=(path,)), normalizer, lambda _reject: None)
         for _chunk in producer.chunks():
