@@ -40,6 +40,8 @@ class Chunk:
     files: list[int]
     lines: list[int]
     in_doubt: bool = False
+    # The numbers as a JSON array in the request's form, when the producer process made it.
+    payload: bytes = b""
 
 
 @dataclass(slots=True)

@@ -257,7 +257,11 @@ class OzonetelClient:
 
     def body(self, numbers: list[str]) -> bytes:
         """The request body; the fixed part is encoded once for the whole run."""
-        return self._prefix + b',"blockNumbers":' + orjson.dumps(numbers) + b"}"
+        return self.body_from_json(orjson.dumps(numbers))
+
+    def body_from_json(self, numbers_json: bytes) -> bytes:
+        """The request body around a JSON array of numbers encoded elsewhere (the producer)."""
+        return self._prefix + b',"blockNumbers":' + numbers_json + b"}"
 
     async def delete(self, body: bytes) -> Verdict:
         """Send one DELETE with this body; its verdict, or the error of the error tree it means."""

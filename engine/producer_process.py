@@ -25,11 +25,12 @@ from typing import Any
 
 import anyio
 import anyio.lowlevel
+import orjson
 from pyroaring import BitMap
 
 from engine.batcher import Chunk, InputCounts, Producer, Reject, RejectSink
 from engine.errors import InputError
-from engine.numbers import Normalizer
+from engine.numbers import Normalizer, formatter
 from engine.settings import InputSettings
 
 log = logging.getLogger(__name__)
@@ -88,12 +89,15 @@ def child_main(connection: Connection, inputs: InputSettings, selection: Selecti
         Normalizer(inputs.country),
         lambda reject: rejects.append((reject.file, reject.line, reject.raw, reject.reason)),
     )
-    chunks: list[tuple[int, list[int], list[int], list[int]]] = []
+    write = formatter(inputs.number_format, producer.normalizer.country_code)
+    chunks: list[tuple[int, list[int], list[int], list[int], bool, bytes]] = []
     skipped = 0
     try:
         for chunk in producer.chunks():
             if wanted(chunk.id):
-                chunks.append((chunk.id, chunk.numbers, chunk.files, chunk.lines))
+                # The request's array is encoded here, on the producer's core, not the loop's.
+                payload = orjson.dumps(list(map(write, chunk.numbers)))
+                chunks.append((chunk.id, chunk.numbers, chunk.files, chunk.lines, False, payload))
             else:
                 skipped += 1
             if len(chunks) >= CHUNKS_PER_MESSAGE or len(rejects) >= REJECTS_PER_MESSAGE:
@@ -161,9 +165,7 @@ class ProducerProcess:
             self._on_reject(Reject(file, line, raw, reason))
         c = self.counts
         c.rows, c.accepted, c.rejected, c.duplicates, c.chunks, c.finished = counts
-        return [
-            Chunk(chunk_id, numbers, files, lines) for chunk_id, numbers, files, lines in chunks
-        ]
+        return [Chunk(*fields) for fields in chunks]
 
 
 class ProducerInProcess:

@@ -95,8 +95,10 @@ def backoff_delay(attempt: int, base: float, cap: float) -> float:
 
 async def send_chunk(chunk: Chunk, context: WorkerContext) -> ChunkResult | None:
     """Send one chunk until it has a verdict; None if the run is stopping before it has one."""
-    write = context.write
-    body = context.client.body([write(number) for number in chunk.numbers])
+    if chunk.payload:  # encoded by the producer process, off this event loop's core
+        body = context.client.body_from_json(chunk.payload)
+    else:
+        body = context.client.body(list(map(context.write, chunk.numbers)))
     stats, pacer = context.stats, context.pacer
     attempts = rate_limited = token_refusals = 0
     while True:
