@@ -501,9 +501,13 @@ def cmd_config(args: argparse.Namespace, sources: dict[str, str]) -> int:
             continue
         if name == "api_key":
             value = "***" if settings.api_key else "(not set)"
+        if name == "rate":
+            value = "auto" if value == AUTO_RATE else "0 (no limit)" if value == 0 else value
         source = sources.get(name, "default")
         if name == "api_key" and name not in sources and settings.api_key:
             source = "file" if args.api_key_file else "environment OZONETEL_API_KEY"
+        if name == "inputs" and name not in sources and value:
+            source = "argument"
         print(f"{name.replace('_', '-'):<22} {value!s:<48} {source}")
     return 0
 

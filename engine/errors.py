@@ -19,7 +19,9 @@
     │       ├── AuthError              3  bad user name, API key, or token budget spent
     │       ├── RequestRejected        3  "Parameters are mandatory": a bug in ozbulk
     │       └── CircuitOpen            3  most recent chunks failed: the server is broken
-    └── Interrupted                  130  Ctrl-C or SIGTERM; re-run to resume
+
+A run stopped by Ctrl-C or SIGTERM is not an error: it ends with exit code 130 after committing
+(see :class:`engine.pipeline.StopControl`), and re-running the same command resumes it.
 
 Errors that reach the operator are printed as one line (``str(error)``), never with a traceback;
 each message says what is wrong and how to fix it. aiohttp's exceptions are translated into this
@@ -146,9 +148,3 @@ class RequestRejected(FatalApiError):
 
 class CircuitOpen(FatalApiError):
     """Most of the recent chunks failed after all retries: the server looks broken."""
-
-
-class Interrupted(OzbulkError):
-    """The run was stopped by Ctrl-C or SIGTERM after committing its checkpoint."""
-
-    exit_code = 130

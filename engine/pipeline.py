@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
-import anyio.lowlevel
 
 from engine.batcher import Chunk, InputCounts, Producer
 from engine.checkpoint import (
@@ -53,6 +52,10 @@ class StopControl:
     requests: int = 0
     reason: str = ""
     _on_change: list[Callable[[], None]] = field(default_factory=list)
+
+    def subscribe(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` after every stop request (the run decides what each one means)."""
+        self._on_change.append(callback)
 
     def request(self, reason: str) -> None:
         self.requests += 1
@@ -194,7 +197,7 @@ class Run:
             try:
                 async with anyio.create_task_group() as group:
                     if stop is not None:
-                        stop._on_change.append(lambda: self._on_stop(stop, group.cancel_scope))
+                        stop.subscribe(lambda: self._on_stop(stop, group.cancel_scope))
                     group.start_soon(self.produce, chunks_tx)
                     with chunks_rx, results_tx:
                         for _ in range(settings.concurrency):

@@ -42,6 +42,7 @@ def test_config_precedence_flag_over_env_over_file_over_default(run_cli, sample_
     assert table["batch-size"][0] == "50" and table["batch-size"][1].startswith("file")
     assert table["user"][0] == "from-file"
     assert table["max-attempts"] == ("8", "default")
+    assert table["inputs"][1] == "argument"
     assert table["api-key"][0] == "***"
     assert API_KEY not in result.output
 
