@@ -495,7 +495,7 @@ def _dry_run(settings: RunSettings) -> int:
 
 def cmd_config(args: argparse.Namespace, sources: dict[str, str]) -> int:
     settings = settings_from_args(args)
-    print(f"{'setting':<22} {'value':<48} source")
+    print(f"{'setting':<22} {'value':<48}  source")
     for name, value in vars(args).items():
         if name in NOT_SHOWN:
             continue
@@ -508,7 +508,7 @@ def cmd_config(args: argparse.Namespace, sources: dict[str, str]) -> int:
             source = "file" if args.api_key_file else "environment OZONETEL_API_KEY"
         if name == "inputs" and name not in sources and value:
             source = "argument"
-        print(f"{name.replace('_', '-'):<22} {value!s:<48} {source}")
+        print(f"{name.replace('_', '-'):<22} {value!s:<48}  {source}")
     return 0
 
 
