@@ -559,7 +559,7 @@ def producer(ctx: Context) -> Result:
     cpu = max(os.sched_getaffinity(0))
     ran = (
         f"benchmarks/producer_run.py in its own process pinned to CPU {cpu}, no network: "
-        "`read` = CsvSource.cells(); `normalize` = + Normalizer.normalize; `full` = "
+        "`read` = CsvSource.batches(); `normalize` = + Normalizer.normalize_batch; `full` = "
         f"Producer(InputSettings(paths=...), Normalizer(), on_reject).chunks(); {rows:,} rows; "
         f"stage order rotated, {ctx.repeats} runs each"
     )

@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Protocol
 
 import anyio
@@ -60,6 +60,8 @@ class Auth(Protocol):
 
     async def token_rejected(self, generation: int) -> None: ...
 
+    def issued_at(self) -> list[float]: ...
+
 
 class ApiKeyAuth:
     """``apiKey: <key>`` on every call; a refusal is final."""
@@ -71,6 +73,9 @@ class ApiKeyAuth:
 
     async def headers(self) -> dict[str, str]:
         return self._headers
+
+    def issued_at(self) -> list[float]:
+        return []  # no tokens in this mode
 
     def accepted(self, generation: int) -> None:
         pass
@@ -95,6 +100,8 @@ class TokenAuth:
         ttl: float,
         budget: int,
         clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+        earlier: Iterable[float] = (),
     ) -> None:
         self._user = user
         self._api_key = api_key
@@ -104,7 +111,13 @@ class TokenAuth:
         self._margin = min(REFRESH_MARGIN_MAX, ttl * REFRESH_MARGIN_SHARE)
         self._budget = budget
         self._clock = clock
-        self._issued: deque[float] = deque()
+        self._wall_clock = wall_clock
+        # Tokens minted by earlier passes of this run (wall-clock times from the checkpoint):
+        # the account's budget is per hour, not per process, so a resume counts them too.
+        now, wall = clock(), wall_clock()
+        self._issued: deque[float] = deque(
+            sorted(now - (wall - when) for when in earlier if 0 <= wall - when < HOUR)
+        )
         self._lock = anyio.Lock()
         self._token: str | None = None
         self._expires_at = 0.0
@@ -118,6 +131,12 @@ class TokenAuth:
         self._last_refused_generation = 0
         self.generation = 0
         self.refreshes = 0
+
+    def issued_at(self) -> list[float]:
+        """Wall-clock times of the tokens minted within the last hour, for the checkpoint."""
+        now, wall = self._clock(), self._wall_clock()
+        self._forget_old(now)
+        return [round(wall - (now - when), 3) for when in self._issued]
 
     @property
     def tokens_this_hour(self) -> int:

@@ -13,7 +13,7 @@ import email.utils
 import os
 import ssl
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -211,7 +211,11 @@ class OzonetelClient:
     """Sends chunks; owns the aiohttp session (one for the run) and the auth provider."""
 
     def __init__(
-        self, settings: RunSettings, session: aiohttp.ClientSession, pacer: Pacer | None = None
+        self,
+        settings: RunSettings,
+        session: aiohttp.ClientSession,
+        pacer: Pacer | None = None,
+        token_issued_at: Iterable[float] = (),
     ) -> None:
         self.settings = settings
         # Paces the deletes (the workers take their turns); the token request only reports to
@@ -230,6 +234,7 @@ class OzonetelClient:
                 post=self._post,
                 ttl=settings.token_ttl,
                 budget=settings.token_budget,
+                earlier=token_issued_at,
             )
         else:
             self.auth = ApiKeyAuth(settings.api_key)

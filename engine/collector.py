@@ -109,7 +109,7 @@ class Collector:
         checkpoint: Checkpoint,
         *,
         stats: LiveStats,
-        counters: dict[str, int],
+        counters: dict[str, Any],
         in_doubt_below: int,
         breaker: CircuitBreaker,
         write: Any,
@@ -140,6 +140,7 @@ class Collector:
         self._records: list[ChunkRecord] = []
         self._rejects: list[Reject] = []
         self.token_refreshes: Any = lambda: 0
+        self.token_issued_at: Any = lambda: list(counters.get("token_issued_at", []))
         # The producer's live counts, set by the pipeline; stored so that `ozbulk status` can
         # tell how many chunks remain. A complete reading, once stored, is final.
         self.input_counts: InputCounts | None = None
@@ -295,9 +296,11 @@ class Collector:
         self._records.append(record)
         self._breaker.record(result.failed)
 
-    def counters(self) -> dict[str, int]:
+    def counters(self) -> dict[str, Any]:
         before, stats = self._counters_before, self.stats
         return {
+            # Kept so that a resume within the hour still counts them against the budget.
+            "token_issued_at": self.token_issued_at(),
             "requests": before.get("requests", 0) + stats.requests,
             "retries": before.get("retries", 0) + stats.retries,
             "rate_limited": before.get("rate_limited", 0) + stats.rate_limited,

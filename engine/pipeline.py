@@ -182,8 +182,10 @@ class Run:
         )
         error: OzbulkError | None = None
         async with OzonetelClient.open_session(settings) as session:
-            client = OzonetelClient(settings, session, pacer=self.pacer)
+            earlier = (self.checkpoint.meta("counters", {}) or {}).get("token_issued_at", [])
+            client = OzonetelClient(settings, session, pacer=self.pacer, token_issued_at=earlier)
             self.collector.token_refreshes = lambda: client.auth.refreshes
+            self.collector.token_issued_at = client.auth.issued_at
             context = WorkerContext(
                 client=client,
                 pacer=self.pacer,

@@ -195,6 +195,26 @@ async def test_budget_is_counted_and_exceeding_it_stops_with_a_clear_message() -
     assert endpoint.calls == 11
 
 
+async def test_tokens_of_earlier_passes_count_against_the_budget_on_resume() -> None:
+    """A resume within the hour counts the tokens earlier passes minted (from the checkpoint)."""
+    endpoint, clock = FakeTokenEndpoint(), FakeClock()
+    wall = 1_800_000_000.0
+    earlier = [wall - 3700, wall - 600, wall - 300]  # the first left the hour already
+    auth = TokenAuth(
+        user="acme", api_key=Secret(KEY), token_url="https://api.example.test/t",
+        post=endpoint.post, ttl=100.0, budget=3, clock=clock, wall_clock=lambda: wall,
+        earlier=earlier,
+    )  # fmt: skip
+    assert auth.tokens_this_hour == 2
+    await auth.headers()  # the third of three
+    assert endpoint.calls == 1
+    assert auth.issued_at() == [wall - 600, wall - 300, wall]
+    auth.accepted(1)
+    with pytest.raises(AuthError, match="token budget spent"):
+        await auth.token_rejected(1)
+    assert endpoint.calls == 1
+
+
 async def test_a_lost_reply_counts_against_the_budget_a_5xx_does_not() -> None:
     """No answer may have minted a token (counted); an HTTP 503 did not (not counted)."""
     endpoint = FakeTokenEndpoint(

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from engine.batcher import accepted_numbers
+from engine.checkpoint import Checkpoint
 from engine.mock import FAULT_KINDS, MockConfig, ThreadedMockServer
 from tests.conftest import API_KEY, GROUP, USER, CliResult, cli_env, delete_args
 
@@ -79,6 +80,12 @@ def test_faults_and_a_short_token_life_lose_nothing_and_leak_nothing(
     lifetimes = summary["elapsed_s"] / TTL
     assert lifetimes - 1 <= summary["token_refreshes"] <= lifetimes / 0.9 + 2
     assert stats["tokens_issued"] == summary["token_refreshes"] == len(tokens)
+    # Their times are kept, so a resume within the hour counts them against the budget.
+    checkpoint = Checkpoint.read(tmp_path / "run.ckpt")
+    try:
+        assert len(checkpoint.meta("counters")["token_issued_at"]) == len(tokens)
+    finally:
+        checkpoint.close()
 
     secrets = [API_KEY.encode(), *(token.encode() for token in tokens)]
     assert len(secrets) >= 3
