@@ -188,7 +188,9 @@ def test_tokens_refused_after_one_refresh_stop_the_run(
     run_cli: Callable[..., CliResult], fake_api, sample_csv
 ) -> None:
     """Tokens that are refused as soon as they are minted: one refresh, then exit 3."""
-    server = fake_api(auth_mode="token", token_ttl=0.001)
+    # A microsecond: no request can arrive in time (a millisecond sometimes could, and a token
+    # that once worked is rightly refreshed again, making this test flaky).
+    server = fake_api(auth_mode="token", token_ttl=1e-6)
     source = sample_csv(2_000)
     result = run_cli(*delete_args(server, source, auth="token"))
     assert result.returncode == 3, result.output
