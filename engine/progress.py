@@ -28,7 +28,6 @@ def snapshot(run: Run) -> dict[str, Any]:
     counts, totals, stats = run.counts, run.collector.totals, run.stats
     elapsed = max(time.monotonic() - run.started, 1e-9)
     finished = totals.numbers_finished_this_pass
-    already = run.skipped_chunks and (totals.sent + totals.failed_numbers - finished)
     return {
         "elapsed": elapsed,
         "numbers_done": totals.sent + totals.failed_numbers,
@@ -45,7 +44,6 @@ def snapshot(run: Run) -> dict[str, Any]:
         "retries": stats.retries,
         "rate_limited": stats.rate_limited,
         "in_flight": stats.in_flight,
-        "resumed_numbers": already,
     }
 
 
