@@ -190,10 +190,10 @@ class Collector:
             self.dispatching(chunk)
 
     def sending(self, chunk: Chunk) -> None:
-        """Called by a worker just before a chunk's first request (optional).
+        """Called by a worker just before a chunk's first request (``WorkerContext.on_send``).
 
-        Without these reports every dispatched chunk counts as maybe sent, so a graceful stop
-        also marks the chunks that were still waiting in the buffer.
+        A caller that does not report sends (a unit test) gets the cautious answer instead:
+        every dispatched chunk counts as maybe sent, buffered ones included.
         """
         self._sent_reported = True
         self._sent.add(chunk.id)

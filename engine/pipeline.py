@@ -195,6 +195,7 @@ class Run:
                 backoff_cap=settings.backoff_cap,
                 write=self.write,
                 stopping=self.stopping,
+                on_send=self.collector.sending,
             )
             try:
                 async with anyio.create_task_group() as group:

@@ -81,6 +81,8 @@ class WorkerContext:
     backoff_cap: float
     write: Callable[[int], str]
     stopping: anyio.Event = field(default_factory=anyio.Event)
+    # Told of each chunk just before its first request leaves: what a stop leaves in doubt.
+    on_send: Callable[[Chunk], None] = lambda chunk: None
 
     def __post_init__(self) -> None:
         # Token requests count against the same server window as the deletes.
@@ -105,6 +107,8 @@ async def send_chunk(chunk: Chunk, context: WorkerContext) -> ChunkResult | None
         ticket = await pacer.acquire(context.stopping)
         if ticket is None:
             return None
+        if attempts == 0:
+            context.on_send(chunk)
         attempts += 1
         stats.requests += 1
         stats.in_flight += 1
