@@ -14,10 +14,12 @@ a child cannot share it.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing
 import pickle
 import signal
+import traceback
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
@@ -82,17 +84,17 @@ def child_main(connection: Connection, inputs: InputSettings, selection: Selecti
     root = logging.getLogger()
     root.handlers[:] = [_ShipLogs(send)]
     root.setLevel(logging.INFO)
-    wanted = selection.predicate()
-    rejects: list[tuple[int, int, str, str]] = []
-    producer = Producer(
-        inputs,
-        Normalizer(inputs.country),
-        lambda reject: rejects.append((reject.file, reject.line, reject.raw, reject.reason)),
-    )
-    write = formatter(inputs.number_format, producer.normalizer.country_code)
-    chunks: list[tuple[int, list[int], list[int], list[int], bool, bytes]] = []
-    skipped = 0
     try:
+        wanted = selection.predicate()
+        rejects: list[tuple[int, int, str, str]] = []
+        producer = Producer(
+            inputs,
+            Normalizer(inputs.country),
+            lambda reject: rejects.append((reject.file, reject.line, reject.raw, reject.reason)),
+        )
+        write = formatter(inputs.number_format, producer.normalizer.country_code)
+        chunks: list[tuple[int, list[int], list[int], list[int], bool, bytes]] = []
+        skipped = 0
         for chunk in producer.chunks():
             if wanted(chunk.id):
                 # The request's array is encoded here, on the producer's core, not the loop's.
@@ -109,6 +111,9 @@ def child_main(connection: Connection, inputs: InputSettings, selection: Selecti
         send(("error", error.reason, error.file, error.line))
     except (BrokenPipeError, ConnectionResetError):
         pass  # the parent stopped listening: it is stopping or gone
+    except Exception:  # a bug, not the input's fault: the parent reports it as one
+        with contextlib.suppress(OSError):
+            send(("crash", traceback.format_exc()))
     finally:
         connection.close()
 
@@ -140,7 +145,7 @@ class ProducerProcess:
                 try:
                     message = pickle.loads(connection.recv_bytes())
                 except EOFError:
-                    raise InputError("the input reader process ended unexpectedly") from None
+                    raise RuntimeError("the producer process ended without a word") from None
                 kind = message[0]
                 if kind == "batch":
                     for chunk in self._receive(message):
@@ -150,9 +155,11 @@ class ProducerProcess:
                 elif kind == "done":
                     self.layouts = message[1]
                     return
-                else:
+                elif kind == "error":
                     _, reason, file, line = message
                     raise InputError(reason, file=file, line=line)
+                else:
+                    raise RuntimeError(f"the producer process failed:\n{message[1]}")
         finally:
             connection.close()
             if process.is_alive():

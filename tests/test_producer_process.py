@@ -66,3 +66,14 @@ def test_child_process_input_error_keeps_file_and_reason(tmp_path: Path) -> None
         _collect(source)
     assert caught.value.file == str(binary)
     assert str(binary) in str(caught.value)
+
+
+def test_a_crash_in_the_child_surfaces_as_an_internal_error_with_its_traceback(sample_csv) -> None:
+    """A bug in the child is not blamed on the input: RuntimeError carrying the child's trace."""
+    inputs = InputSettings(paths=(str(sample_csv(100)),))
+    broken = Selection(skip=b"not a serialized bitmap", only=None)
+    source = ProducerProcess(inputs, broken, lambda _: None)
+    with pytest.raises(RuntimeError, match="the producer process failed") as caught:
+        _collect(source)
+    assert "Traceback" in str(caught.value)
+    assert not isinstance(caught.value, InputError)
