@@ -382,7 +382,7 @@ def settings_from_args(args: argparse.Namespace) -> RunSettings:
     )
 
 
-def _confirm(plan_text: str, assume_yes: bool) -> None:
+def _confirm(assume_yes: bool) -> None:
     if assume_yes:
         return
     if not sys.stdin.isatty():
@@ -433,7 +433,10 @@ def print_summary(outcome: RunOutcome, argv: list[str] | None = None) -> None:
     print(f"exit {outcome.exit_code}: {meaning}")
     # A bad input fails the same way on every re-run: resuming is not the advice then.
     if outcome.exit_code != 0 and argv is not None and not isinstance(outcome.error, InputError):
-        print(f"resume with: {resume_command(argv)}")
+        if "-" in argv:
+            print("standard input was read once and cannot be resumed: save it to a file first")
+        else:
+            print(f"resume with: {resume_command(argv)}")
 
 
 def _progress(args: argparse.Namespace, total: int | None) -> Any:
@@ -454,7 +457,7 @@ def cmd_delete(args: argparse.Namespace, argv: list[str]) -> int:
     settings.require_api_key()
     plan = make_plan(settings, prescan_allowed=not args.yes)
     print(plan.render(), file=sys.stderr)
-    _confirm(plan.render(), args.yes)
+    _confirm(args.yes)
     checkpoint = open_checkpoint(settings, restart=args.restart)
     progress = _progress(args, plan.numbers if plan.exact else None)
     outcome = anyio.run(
