@@ -197,3 +197,25 @@ def test_progress_bar_renders_and_updates_on_a_terminal(fake_api, sample_csv, tm
     done = {int(m.replace(",", "")) for m in re.findall(r"([\d,]+)/[\d,]+", text)}
     assert len(done) >= 3, sorted(done)
     assert "\x1b[" in text  # drawn with terminal control sequences, not log lines
+
+
+def test_a_stopped_stdin_run_says_it_cannot_be_resumed(run_cli, fake_api, sample_csv):
+    """Standard input is read once: a stopped run says so instead of offering a resume command."""
+    server = fake_api()
+    source = sample_csv(300)
+    args = delete_args(server, "-", rate=0)
+    args[args.index("--group-id") + 1] = "999"  # no such group: the run stops with exit 3
+    result = run_cli(*args, input=source.read_text())
+    assert result.returncode == 3, result.output
+    assert "cannot be resumed" in result.stdout
+    assert "resume with:" not in result.stdout
+
+
+def test_config_show_spells_out_special_rates(run_cli, sample_csv):
+    """--rate auto and --rate 0 are shown as words, not as their internal numbers."""
+    source = sample_csv(10)
+    for flag, shown in (("auto", "auto"), ("0", "0 (no limit)")):
+        result = run_cli("config", "show", str(source), "--user", "u", "--group-id", "1",
+                         "--rate", flag)  # fmt: skip
+        assert result.returncode == 0, result.output
+        assert _settings_table(result.stdout)["rate"] == (shown, "flag")
