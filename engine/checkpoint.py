@@ -437,10 +437,6 @@ class Checkpoint:
             os.close(self._lock_descriptor)
             self._lock_descriptor = None
 
-    def move_aside(self) -> Path:
-        """Rename the file (and its WAL companions) out of the way; never delete a checkpoint."""
-        return move_aside(self.path)
-
 
 class _Transaction:
     def __init__(self, db: sqlite3.Connection) -> None:
