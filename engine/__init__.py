@@ -15,6 +15,9 @@ The public API, used by the ``ozbulk`` command and by Python callers alike::
 
 from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from engine.errors import (
     ApiError,
     AuthError,
@@ -30,10 +33,26 @@ from engine.errors import (
     RetryableApiError,
     UsageError,
 )
-from engine.pipeline import RunOutcome, StopControl, delete, open_checkpoint
 from engine.settings import InputSettings, RunSettings, Secret
 
+if TYPE_CHECKING:
+    from engine.pipeline import RunOutcome, StopControl, delete, open_checkpoint
+
 __version__ = "0.1.0"
+
+# The pipeline (aiohttp, anyio, SQLite) is imported on first use, not with the package: the
+# producer process imports ``engine.producer_child`` and must start in milliseconds, not pay
+# for an HTTP stack it never uses.
+_LAZY = frozenset(("RunOutcome", "StopControl", "delete", "open_checkpoint"))
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module("engine.pipeline"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'engine' has no attribute {name!r}")
+
 
 __all__ = [
     "ApiError",

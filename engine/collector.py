@@ -35,6 +35,7 @@ import anyio.to_thread
 from anyio.streams.memory import MemoryObjectReceiveStream
 from pyroaring import BitMap
 
+from engine import streams
 from engine.batcher import Chunk, InputCounts, Reject
 from engine.checkpoint import DONE, FAILED, Checkpoint, ChunkRecord
 from engine.errors import CircuitOpen
@@ -204,7 +205,11 @@ class Collector:
         # receive could drop a result that had just been handed over.
         async with results, anyio.create_task_group() as ticker:
             ticker.start_soon(self._tick)
-            async for result in results:
+            while True:
+                try:
+                    result = await streams.receive(results)
+                except anyio.EndOfStream:
+                    break
                 self._merge(result)
             ticker.cancel_scope.cancel()
         # Every worker has closed its end of the stream: none has a request in flight, so

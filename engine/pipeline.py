@@ -13,6 +13,7 @@ requests in flight finish; a second one cancels them. Either way the collector c
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import time
@@ -23,6 +24,7 @@ from typing import Any
 
 import anyio
 
+from engine import streams
 from engine.batcher import Chunk, InputCounts, Producer
 from engine.checkpoint import (
     DONE,
@@ -164,13 +166,14 @@ class Run:
         return chunk_id not in self.done
 
     async def produce(self, chunks: Any) -> None:
-        async with chunks:
-            async for chunk in self.source.chunks():
+        # aclosing: a stop ends the producer (and kills its process) now, not at garbage time.
+        async with chunks, contextlib.aclosing(self.source.chunks()) as source:
+            async for chunk in source:
                 if self.stopping.is_set():
                     return
                 await self.collector.dispatch(chunk)
                 try:
-                    await chunks.send(chunk)
+                    await streams.send(chunks, chunk)
                 except anyio.BrokenResourceError:
                     return  # every worker has stopped (a graceful stop): nothing to feed
 

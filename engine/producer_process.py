@@ -2,120 +2,97 @@
 
 On two cores the event loop (HTTP, pacing, the collector) and the producer (CSV parsing,
 normalization, dedupe) each want most of one core; in one process they take turns under the GIL,
-so the producer costs the network loop up to half its time. Here a child process runs the very
-same :class:`~engine.batcher.Producer` and streams its chunks, rejects and counts to the parent
-through a pipe, a few chunks a message; the pipe's buffer is the back-pressure.
+so the producer costs the network loop up to half its time. Here a child process
+(:mod:`engine.producer_child`) runs the very same :class:`~engine.batcher.Producer` and streams
+its chunks, rejects and counts to the parent through a pipe, a few chunks a frame; the pipe's
+buffer is the back-pressure.
+
+The child is a plain ``python -m engine.producer_child``, not a :mod:`multiprocessing` process:
+that would re-import the parent's main module (the whole CLI and HTTP stack) in the child and
+start a resource-tracker process besides. The parent reads the pipe without ever blocking the
+event loop: it waits until the pipe is readable, takes what is there, and cuts it into frames.
 
 The child skips the chunks the checkpoint holds as finished (the parent passes their ids), so a
-resume ships only what is left. It ignores Ctrl-C and SIGTERM (the parent decides how to stop)
-and ends when the parent closes the pipe or dies. Standard input stays in the parent's process:
-a child cannot share it.
+resume ships only what is left. Standard input stays in the parent's process: a child cannot
+share it.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import multiprocessing
+import os
 import pickle
-import signal
-import traceback
-from collections.abc import AsyncIterator
+import subprocess
+import sys
+from collections.abc import AsyncGenerator, Iterator
 from dataclasses import dataclass
-from multiprocessing.connection import Connection
+from pathlib import Path
 from typing import Any
 
 import anyio
 import anyio.lowlevel
-import orjson
-from pyroaring import BitMap
+import anyio.to_thread
 
 from engine.batcher import Chunk, InputCounts, Producer, Reject, RejectSink
 from engine.errors import InputError
-from engine.numbers import Normalizer, formatter
+from engine.producer_child import FRAME_HEADER
 from engine.settings import InputSettings
 
 log = logging.getLogger(__name__)
 
-CHUNKS_PER_MESSAGE = 8
 YIELD_EVERY = 8
-REJECTS_PER_MESSAGE = 1024
+# One read takes whatever the pipe holds, up to this: a few dozen frames at full speed.
+READ_SIZE = 1 << 20
+# Where ``engine`` itself lives, so the child imports this very copy whatever its working directory.
+_PACKAGE_ROOT = str(Path(__file__).resolve().parent.parent)
 
 
 @dataclass(frozen=True)
 class Selection:
-    """Which chunk ids to send: all but ``skip``, or (retry-failed) only ``only``."""
+    """Which chunk ids to send: all but ``skip``, or (retry-failed) only ``only``.
+
+    Both are serialized roaring bitmaps, the form the child deserializes.
+    """
 
     skip: bytes
     only: bytes | None
 
-    def predicate(self) -> Any:
-        if self.only is not None:
-            only = BitMap.deserialize(self.only)
-            return only.__contains__
-        skip = BitMap.deserialize(self.skip)
-        return lambda chunk_id: chunk_id not in skip
+
+class FrameReader:
+    """Cuts the pipe's bytes into the child's messages (see :mod:`engine.producer_child`)."""
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+        self._start = 0
+
+    def feed(self, data: bytes) -> None:
+        if self._start:
+            del self._buffer[: self._start]
+            self._start = 0
+        self._buffer += data
+
+    def messages(self) -> Iterator[Any]:
+        buffer, size = self._buffer, FRAME_HEADER.size
+        while len(buffer) - self._start >= size:
+            (length,) = FRAME_HEADER.unpack_from(buffer, self._start)
+            end = self._start + size + length
+            if len(buffer) < end:
+                return
+            with memoryview(buffer) as view:
+                message = pickle.loads(view[self._start + size : end])
+            self._start = end
+            yield message
+
+    @property
+    def pending(self) -> int:
+        """Bytes of a frame begun but not yet whole."""
+        return len(self._buffer) - self._start
 
 
-class _ShipLogs(logging.Handler):
-    """Sends the child's log records to the parent, whose handlers format and redact them."""
-
-    def __init__(self, send: Any) -> None:
-        super().__init__()
-        self._send = send
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self._send(("log", record.levelno, record.name, record.getMessage()))
-
-
-def _counts(counts: InputCounts) -> tuple[int, int, int, int, int, bool]:
-    return (counts.rows, counts.accepted, counts.rejected, counts.duplicates, counts.chunks,
-            counts.finished)  # fmt: skip
-
-
-def child_main(connection: Connection, inputs: InputSettings, selection: Selection) -> None:
-    """The child's whole life: produce, ship, exit."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-
-    def send(message: Any) -> None:
-        connection.send_bytes(pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL))
-
-    root = logging.getLogger()
-    root.handlers[:] = [_ShipLogs(send)]
-    root.setLevel(logging.INFO)
-    try:
-        wanted = selection.predicate()
-        rejects: list[tuple[int, int, str, str]] = []
-        producer = Producer(
-            inputs,
-            Normalizer(inputs.country),
-            lambda reject: rejects.append((reject.file, reject.line, reject.raw, reject.reason)),
-        )
-        write = formatter(inputs.number_format, producer.normalizer.country_code)
-        chunks: list[tuple[int, list[int], list[int], list[int], bool, bytes]] = []
-        skipped = 0
-        for chunk in producer.chunks():
-            if wanted(chunk.id):
-                # The request's array is encoded here, on the producer's core, not the loop's.
-                payload = orjson.dumps(list(map(write, chunk.numbers)))
-                chunks.append((chunk.id, chunk.numbers, chunk.files, chunk.lines, False, payload))
-            else:
-                skipped += 1
-            if len(chunks) >= CHUNKS_PER_MESSAGE or len(rejects) >= REJECTS_PER_MESSAGE:
-                send(("batch", chunks, rejects, _counts(producer.counts), skipped))
-                chunks, rejects = [], []
-        send(("batch", chunks, rejects, _counts(producer.counts), skipped))
-        send(("done", producer.layouts))
-    except InputError as error:
-        send(("error", error.reason, error.file, error.line))
-    except (BrokenPipeError, ConnectionResetError):
-        pass  # the parent stopped listening: it is stopping or gone
-    except Exception:  # a bug, not the input's fault: the parent reports it as one
-        with contextlib.suppress(OSError):
-            send(("crash", traceback.format_exc()))
-    finally:
-        connection.close()
+def _child_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, (_PACKAGE_ROOT, env.get("PYTHONPATH"))))
+    return env
 
 
 class ProducerProcess:
@@ -129,42 +106,49 @@ class ProducerProcess:
         self._selection = selection
         self._on_reject = on_reject
 
-    async def chunks(self) -> AsyncIterator[Chunk]:
-        context = multiprocessing.get_context("spawn")  # fork would copy a running event loop
-        connection, child_end = context.Pipe(duplex=False)
-        process = context.Process(
-            target=child_main, args=(child_end, self._inputs, self._selection), daemon=True,
-            name="ozbulk-producer",
-        )  # fmt: skip
-        process.start()
-        child_end.close()
+    async def chunks(self) -> AsyncGenerator[Chunk, None]:
+        process = _start_child()
+        assert process.stdin is not None and process.stdout is not None
+        job = pickle.dumps((self._inputs, self._selection.skip, self._selection.only))
         try:
+            # A large job (a long resume's skip set) fills the pipe until the child reads it.
+            await anyio.to_thread.run_sync(_write_and_close, process.stdin, job)
+            fd = process.stdout.fileno()
+            os.set_blocking(fd, False)
+            frames = FrameReader()
             while True:
-                if not connection.poll():
-                    await anyio.wait_readable(connection.fileno())
+                for message in frames.messages():
+                    kind = message[0]
+                    if kind == "batch":
+                        for chunk in self._receive(message):
+                            yield chunk
+                    elif kind == "log":
+                        logging.getLogger(message[2]).log(message[1], "%s", message[3])
+                    elif kind == "done":
+                        self.layouts = message[1]
+                        return
+                    elif kind == "error":
+                        _, reason, file, line = message
+                        raise InputError(reason, file=file, line=line)
+                    else:
+                        raise RuntimeError(f"the producer process failed:\n{message[1]}")
                 try:
-                    message = pickle.loads(connection.recv_bytes())
-                except EOFError:
-                    raise RuntimeError("the producer process ended without a word") from None
-                kind = message[0]
-                if kind == "batch":
-                    for chunk in self._receive(message):
-                        yield chunk
-                elif kind == "log":
-                    logging.getLogger(message[2]).log(message[1], "%s", message[3])
-                elif kind == "done":
-                    self.layouts = message[1]
-                    return
-                elif kind == "error":
-                    _, reason, file, line = message
-                    raise InputError(reason, file=file, line=line)
-                else:
-                    raise RuntimeError(f"the producer process failed:\n{message[1]}")
+                    data = os.read(fd, READ_SIZE)
+                except BlockingIOError:
+                    await anyio.wait_readable(fd)
+                    continue
+                if not data:
+                    code = process.wait()
+                    raise RuntimeError(
+                        f"the producer process ended without a word (exit code {code}, "
+                        f"{frames.pending} bytes of a message unread)"
+                    )
+                frames.feed(data)
         finally:
-            connection.close()
-            if process.is_alive():
+            process.stdout.close()
+            if process.poll() is None:
                 process.kill()
-            process.join(timeout=5)
+            process.wait()
 
     def _receive(self, message: Any) -> list[Chunk]:
         _, chunks, rejects, counts, self.skipped = message
@@ -173,6 +157,24 @@ class ProducerProcess:
         c = self.counts
         c.rows, c.accepted, c.rejected, c.duplicates, c.chunks, c.finished = counts
         return [Chunk(*fields) for fields in chunks]
+
+
+def _start_child() -> subprocess.Popen[bytes]:
+    """Start ``python -m engine.producer_child``; returns as soon as it runs (no waiting on it)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "engine.producer_child"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        env=_child_env(),
+    )
+
+
+def _write_and_close(stream: Any, job: bytes) -> None:
+    try:
+        stream.write(job)
+        stream.close()
+    except BrokenPipeError:
+        pass  # the child died before reading: its exit is reported when its output ends
 
 
 class ProducerInProcess:
@@ -188,7 +190,7 @@ class ProducerInProcess:
     def layouts(self) -> list[Any]:
         return list(self._producer.layouts)
 
-    async def chunks(self) -> AsyncIterator[Chunk]:
+    async def chunks(self) -> AsyncGenerator[Chunk, None]:
         for count, chunk in enumerate(self._producer.chunks()):
             if self._wanted(chunk.id):
                 yield chunk

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
+from engine import streams
 from engine.batcher import Chunk
 from engine.client import OzonetelClient, Verdict
 from engine.errors import (
@@ -173,7 +174,11 @@ async def worker(
     context: WorkerContext,
 ) -> None:
     async with chunks, results:
-        async for chunk in chunks:
+        while True:
+            try:
+                chunk = await streams.receive(chunks)
+            except anyio.EndOfStream:
+                return
             if context.stopping.is_set():
                 return  # chunks still buffered are not sent: they stay for the resume
             try:
@@ -184,4 +189,4 @@ async def worker(
                 raise
             if result is None:
                 return  # stopping: the chunk stays unfinished and is re-sent on resume
-            await results.send(result)
+            await streams.send(results, result)

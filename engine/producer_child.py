@@ -1,0 +1,137 @@
+"""The producer process itself: ``python -m engine.producer_child``, started by the pipeline.
+
+It reads its job (the inputs and which chunk ids to send) as one pickle on standard input, runs
+the very same :class:`~engine.batcher.Producer` as an in-process run, and writes frames to
+standard output: a 4-byte little-endian length, then a pickled message. Messages are
+
+``("batch", chunks, rejects, counts, skipped)``  a few chunks, the rejects since the last batch,
+                                                 the producer's counts, the chunks skipped so far
+``("log", level, logger, text)``                 a log record, formatted and redacted by the parent
+``("done", layouts)``                            every input read
+``("error", reason, file, line)``                an input the producer cannot use
+``("crash", traceback)``                         a bug: the parent reports it as one
+
+It imports nothing of the HTTP side (aiohttp, anyio, SQLite), so it is producing within some
+50 ms of its start. Ctrl-C and SIGTERM are ignored: the parent decides how a run stops, and
+closes the pipe; the child's next write then fails and it exits. Nothing else may write to the
+real standard output, so ``print`` and stray library output are sent to standard error.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import pickle
+import signal
+import struct
+import sys
+import traceback
+from collections.abc import Callable
+from typing import Any, BinaryIO
+
+import orjson
+from pyroaring import BitMap
+
+from engine.batcher import InputCounts, Producer
+from engine.errors import InputError
+from engine.numbers import Normalizer, formatter
+from engine.settings import InputSettings
+
+# Chunks per "batch" message: enough to make the per-message cost vanish, few enough that the
+# parent gets its first chunks within a millisecond of their being cut.
+CHUNKS_PER_MESSAGE = 8
+REJECTS_PER_MESSAGE = 1024
+FRAME_HEADER = struct.Struct("<I")
+
+
+def skip_predicate(skip: bytes, only: bytes | None) -> Callable[[int], bool]:
+    """Which chunk ids to send: all but the serialized ``skip`` set, or only the ``only`` set."""
+    if only is not None:
+        return BitMap.deserialize(only).__contains__
+    done = BitMap.deserialize(skip)
+    return lambda chunk_id: chunk_id not in done
+
+
+class FrameWriter:
+    """Length-prefixed pickles on a binary stream, flushed per message."""
+
+    def __init__(self, stream: BinaryIO) -> None:
+        self._stream = stream
+
+    def send(self, message: Any) -> None:
+        body = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+        self._stream.write(FRAME_HEADER.pack(len(body)))
+        self._stream.write(body)
+        self._stream.flush()
+
+
+class _ShipLogs(logging.Handler):
+    """Sends the child's log records to the parent, whose handlers format and redact them."""
+
+    def __init__(self, frames: FrameWriter) -> None:
+        super().__init__()
+        self._frames = frames
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self._frames.send(("log", record.levelno, record.name, record.getMessage()))
+
+
+def _counts(counts: InputCounts) -> tuple[int, int, int, int, int, bool]:
+    return (counts.rows, counts.accepted, counts.rejected, counts.duplicates, counts.chunks,
+            counts.finished)  # fmt: skip
+
+
+def produce(inputs: InputSettings, wanted: Callable[[int], bool], frames: FrameWriter) -> None:
+    """Run the producer over ``inputs`` and ship every wanted chunk, with counts and rejects."""
+    rejects: list[tuple[int, int, str, str]] = []
+    producer = Producer(
+        inputs,
+        Normalizer(inputs.country),
+        lambda reject: rejects.append((reject.file, reject.line, reject.raw, reject.reason)),
+    )
+    write = formatter(inputs.number_format, producer.normalizer.country_code)
+    chunks: list[tuple[int, list[int], list[int], list[int], bool, bytes]] = []
+    skipped = 0
+    for chunk in producer.chunks():
+        if wanted(chunk.id):
+            # The request's array is encoded here, on the producer's core, not the loop's.
+            payload = orjson.dumps(list(map(write, chunk.numbers)))
+            chunks.append((chunk.id, chunk.numbers, chunk.files, chunk.lines, False, payload))
+        else:
+            skipped += 1
+        if len(chunks) >= CHUNKS_PER_MESSAGE or len(rejects) >= REJECTS_PER_MESSAGE:
+            frames.send(("batch", chunks, rejects, _counts(producer.counts), skipped))
+            chunks, rejects = [], []
+    frames.send(("batch", chunks, rejects, _counts(producer.counts), skipped))
+    frames.send(("done", producer.layouts))
+
+
+def main() -> None:
+    """Read the job from stdin, produce to the real stdout, exit; never raise."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    # The frames go to a private copy of stdout; fd 1 itself now points at stderr.
+    out = os.fdopen(os.dup(1), "wb", buffering=1 << 16)
+    os.dup2(2, 1)
+    frames = FrameWriter(out)
+    root = logging.getLogger()
+    root.handlers[:] = [_ShipLogs(frames)]
+    root.setLevel(logging.INFO)
+    try:
+        inputs, skip, only = pickle.loads(sys.stdin.buffer.read())
+        produce(inputs, skip_predicate(skip, only), frames)
+    except InputError as error:
+        frames.send(("error", error.reason, error.file, error.line))
+    except (BrokenPipeError, ConnectionResetError):
+        pass  # the parent stopped listening: it is stopping or gone
+    except Exception:  # a bug, not the input's fault: the parent reports it as one
+        with contextlib.suppress(OSError):
+            frames.send(("crash", traceback.format_exc()))
+    finally:
+        with contextlib.suppress(OSError):
+            out.close()
+
+
+if __name__ == "__main__":
+    main()
