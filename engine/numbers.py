@@ -24,11 +24,13 @@ from __future__ import annotations
 import re
 import unicodedata
 from collections.abc import Callable, Sequence
-
-import phonenumbers
+from typing import TYPE_CHECKING
 
 from engine.errors import UsageError
 from engine.settings import NumberFormat
+
+if TYPE_CHECKING:
+    import phonenumbers
 
 # 910000000000 + national: the E.164 int of a 10-digit Indian national number.
 _INDIA_OFFSET = 91 * 10**10
@@ -147,12 +149,24 @@ def _uniform_indian_mobiles(cells: Sequence[str | None]) -> list[int] | None:
     return [_INDIA_OFFSET + number for number in map(int, cells)]  # type: ignore[arg-type]
 
 
+_INDIA = 91
+
+
+def _region_code(region: str) -> int:
+    import phonenumbers
+
+    code: int = phonenumbers.country_code_for_region(region)
+    return code
+
+
 class Normalizer:
     """Normalize cells for one country into E.164 integers."""
 
     def __init__(self, country: str = "IN") -> None:
         self.country = country.upper()
-        code = phonenumbers.country_code_for_region(self.country)
+        # phonenumbers (30 ms to import) is loaded only when a cell or a country needs it: a file
+        # of plain Indian mobiles never does.
+        code = _INDIA if self.country == "IN" else _region_code(self.country)
         if not code:
             raise UsageError(
                 f"--country {country!r} is not a region code phonenumbers knows; "
@@ -287,6 +301,8 @@ class Normalizer:
         return self._parse(("+" if plus else "") + digits, len(digits))
 
     def _parse(self, text: str, digit_count: int) -> int:
+        import phonenumbers
+
         try:
             parsed = phonenumbers.parse(text, self.country)
         except phonenumbers.NumberParseException as error:
@@ -311,6 +327,8 @@ class Normalizer:
 
 def _invalid_reason(parsed: phonenumbers.PhoneNumber) -> str:
     """Say why a parsed number is not valid: its length for its country, or its range."""
+    import phonenumbers
+
     code = parsed.country_code or 0
     region = phonenumbers.region_code_for_country_code(code)
     national = phonenumbers.national_significant_number(parsed)

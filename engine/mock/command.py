@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 from engine.batcher import accepted_numbers
-from engine.mock.server import MockServer
 from engine.mock.state import (
     AUTH_MODES,
     DEFAULT_API_KEY,
@@ -202,6 +201,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def _serve(state: MockState, host: str, port: int) -> int:
+    from engine.mock.server import MockServer  # aiohttp.web: only when a server is run
+
     server = MockServer(host=host, port=port, state=state)
     try:
         await server.start()
