@@ -32,6 +32,7 @@ from typing import Any, TextIO
 
 ROOT = Path(__file__).resolve().parent.parent
 HAND_LOOP = Path(__file__).resolve().parent / "hand_loop.py"
+BARE_LOOP = Path(__file__).resolve().parent / "bare_loop.py"
 USER = "bench"
 API_KEY = "bench-key"
 GROUP = 1
@@ -308,9 +309,12 @@ def copy_checkpoint(source: Path, target: Path) -> None:
             shutil.copyfile(f"{source}{suffix}", f"{target}{suffix}")
 
 
-def hand_loop(source: Path, url: str, *, concurrency: int = 16) -> list[str]:
+def hand_loop(
+    source: Path, url: str, *, concurrency: int = 16, script: Path = HAND_LOOP
+) -> list[str]:
+    """The baseline's command line; ``script=BARE_LOOP`` for the no-HTTP-library floor."""
     return [
-        sys.executable, str(HAND_LOOP), str(source), "--base-url", url, "--user", USER,
+        sys.executable, str(script), str(source), "--base-url", url, "--user", USER,
         "--group-id", str(GROUP), "--api-key", API_KEY, "--concurrency", str(concurrency),
     ]  # fmt: skip
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks.data import write_numbers_csv
-from benchmarks.harness import alternating, spread
+from benchmarks.harness import BARE_LOOP, HAND_LOOP, Server, alternating, hand_loop, run, spread
 from benchmarks.servers import SUCCESS_BODY, _content_length
 from benchmarks.suite import _max_in_window
 from engine.batcher import Producer
@@ -111,3 +111,21 @@ def test_spread_and_alternation_helpers() -> None:
                                        "values": [3.0, 1.0, 2.0]}  # fmt: skip
     assert alternating(2, ("a", "b")) == [(0, "a"), (0, "b"), (1, "b"), (1, "a")]
     assert _max_in_window([0.0, 0.5, 0.99, 1.0, 1.5]) == 3
+
+
+def test_the_bare_socket_floor_does_the_hand_loops_job(tmp_path: Path) -> None:
+    """bare_loop.py (no HTTP library) sends just what the hand loop sends, every one answered."""
+    source = tmp_path / "numbers.csv"
+    write_numbers_csv(source, 3_000, seed=5)
+    sent: dict[str, tuple[int, int]] = {}
+    with Server("raw", "--latency-ms", "5", folder=tmp_path, log=True) as server:
+        for script in (HAND_LOOP, BARE_LOOP):
+            finished = run(hand_loop(source, server.url, concurrency=4, script=script), cwd=tmp_path)
+            result = finished.check().json_line()
+            assert result["failed"] == 0
+            sent[script.name] = (result["sent"], result["requests"])
+        arrivals = server.stop()
+    assert sent["bare_loop.py"] == sent["hand_loop.py"]
+    numbers, requests = sent["hand_loop.py"]
+    assert 0 < numbers <= 100 * requests
+    assert len(arrivals.times) == 2 * requests
