@@ -120,8 +120,8 @@ def test_the_bare_socket_floor_does_the_hand_loops_job(tmp_path: Path) -> None:
     sent: dict[str, tuple[int, int]] = {}
     with Server("raw", "--latency-ms", "5", folder=tmp_path, log=True) as server:
         for script in (HAND_LOOP, BARE_LOOP):
-            finished = run(hand_loop(source, server.url, concurrency=4, script=script), cwd=tmp_path)
-            result = finished.check().json_line()
+            command = hand_loop(source, server.url, concurrency=4, script=script)
+            result = run(command, cwd=tmp_path).check().json_line()
             assert result["failed"] == 0
             sent[script.name] = (result["sent"], result["requests"])
         arrivals = server.stop()
