@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from operator import length_hint
 
@@ -33,12 +33,16 @@ log = logging.getLogger(__name__)
 
 @dataclass(slots=True)
 class Chunk:
-    """Up to 100 distinct numbers, with where each came from (file index and line)."""
+    """Up to 100 distinct numbers, with where each came from (file index and line).
+
+    The sequences are lists from an in-process producer and ``array`` objects from the producer
+    process (cheaper to ship); either way they are only read.
+    """
 
     id: int
-    numbers: list[int]
-    files: list[int]
-    lines: list[int]
+    numbers: Sequence[int]
+    files: Sequence[int]
+    lines: Sequence[int]
     in_doubt: bool = False
     # The numbers as a JSON array in the request's form, when the producer process made it.
     payload: bytes = b""

@@ -105,9 +105,11 @@ class ProducerProcess:
         self._inputs = inputs
         self._selection = selection
         self._on_reject = on_reject
+        self.pid: int | None = None  # the child's, once started
 
     async def chunks(self) -> AsyncGenerator[Chunk, None]:
         process = _start_child()
+        self.pid = process.pid
         assert process.stdin is not None and process.stdout is not None
         job = pickle.dumps((self._inputs, self._selection.skip, self._selection.only))
         try:

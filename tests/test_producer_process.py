@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import pickle
+import subprocess
+import sys
 from pathlib import Path
 
 import anyio
@@ -11,7 +16,8 @@ from pyroaring import BitMap
 from engine.batcher import Chunk, Producer, Reject
 from engine.errors import InputError
 from engine.numbers import Normalizer
-from engine.producer_process import ProducerProcess, Selection
+from engine.producer_child import FRAME_HEADER
+from engine.producer_process import FrameReader, ProducerProcess, Selection
 from engine.settings import InputSettings
 
 
@@ -33,8 +39,8 @@ def test_child_process_yields_the_same_chunks_counts_and_rejects(sample_csv) -> 
         inputs, Selection(skip=BitMap().serialize(), only=None), rejects.append
     )
     got = _collect(source)
-    assert [(c.id, c.numbers, c.files, c.lines) for c in got] == [
-        (c.id, c.numbers, c.files, c.lines) for c in expected
+    assert [(c.id, list(c.numbers), list(c.files), list(c.lines)) for c in got] == [
+        (c.id, list(c.numbers), list(c.files), list(c.lines)) for c in expected
     ]
     assert rejects == expected_rejects and rejects
     assert source.counts == producer.counts and source.counts.finished
@@ -77,3 +83,53 @@ def test_a_crash_in_the_child_surfaces_as_an_internal_error_with_its_traceback(s
         _collect(source)
     assert "Traceback" in str(caught.value)
     assert not isinstance(caught.value, InputError)
+
+
+def test_frames_split_anywhere_come_out_whole_and_in_order() -> None:
+    """The pipe may cut a frame at any byte: the reader yields each message once it is whole."""
+    messages = [("batch", list(range(n)), b"x" * n) for n in (0, 1, 300, 70_000)]
+    stream = b"".join(
+        FRAME_HEADER.pack(len(body)) + body
+        for body in (pickle.dumps(message) for message in messages)
+    )
+    for piece in (1, 3, 4096, len(stream)):
+        reader, got = FrameReader(), []
+        for start in range(0, len(stream), piece):
+            reader.feed(stream[start : start + piece])
+            got.extend(reader.messages())
+        assert got == messages
+        assert reader.pending == 0
+
+
+def test_a_producer_stopped_early_takes_its_process_with_it(sample_csv) -> None:
+    """Closing the chunk iterator after one chunk (a stop) kills and reaps the child at once."""
+    inputs = InputSettings(paths=(str(sample_csv(20_000)),))
+    source = ProducerProcess(
+        inputs, Selection(skip=BitMap().serialize(), only=None), lambda _: None
+    )
+
+    async def first_chunk() -> Chunk:
+        async with contextlib.aclosing(source.chunks()) as chunks:
+            async for chunk in chunks:
+                return chunk
+        raise AssertionError("no chunk at all")
+
+    assert anyio.run(first_chunk).id == 0
+    assert source.pid is not None
+    with pytest.raises(ProcessLookupError):
+        os.kill(source.pid, 0)  # gone, not a zombie: it was waited for
+
+
+def test_the_child_and_the_cli_start_without_what_they_never_use() -> None:
+    """The producer child imports no HTTP stack; the CLI no aiohttp.web and no phonenumbers."""
+    probe = (
+        "import sys, engine.producer_child, engine.batcher;"
+        "child = {'aiohttp', 'anyio', 'sqlite3'} & set(sys.modules);"
+        "import engine.cli;"
+        "cli = {'aiohttp.web', 'phonenumbers'} & set(sys.modules);"
+        "print(sorted(child), sorted(cli))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert done.stdout.split() == ["[]", "[]"]
