@@ -38,6 +38,7 @@ API_KEY = "bench-key"
 GROUP = 1
 SERVER_START_TIMEOUT_S = 20.0
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+RSS_SAMPLE_S = 0.02
 
 
 # -- the machine ----------------------------------------------------------------------------
@@ -154,6 +155,9 @@ class Finished:
     max_rss_mb: float | None  # None: not distinguishable from this process's own RSS at fork
     stdout: str
     stderr: str
+    # The process and all its descendants together (ozbulk + its producer process), sampled
+    # every RSS_SAMPLE_S; None unless asked for. wait4's ru_maxrss is the largest one alone.
+    tree_rss_mb: float | None = None
 
     def json_line(self) -> dict[str, Any]:
         """The last line of stdout that parses as a JSON object."""
@@ -183,6 +187,7 @@ class Running:
         env: dict[str, str] | None = None,
         timeout: float = 900.0,
         cpu: int | None = None,
+        sample_rss: bool = False,
     ) -> None:
         self.command = command
         self._out = _scratch(cwd, "stdout")
@@ -202,6 +207,19 @@ class Running:
         self._watchdog = threading.Timer(timeout, self.kill)
         self._watchdog.daemon = True
         self._watchdog.start()
+        self._tree_peak: float | None = None
+        self._reaped = threading.Event()
+        self._sampler: threading.Thread | None = None
+        if sample_rss:
+            self._sampler = threading.Thread(target=self._sample_rss, daemon=True)
+            self._sampler.start()
+
+    def _sample_rss(self) -> None:
+        peak = 0.0
+        while not self._reaped.is_set():
+            peak = max(peak, tree_rss_mb(self.process.pid))
+            self._reaped.wait(RSS_SAMPLE_S)
+        self._tree_peak = peak
 
     @property
     def pid(self) -> int:
@@ -216,6 +234,9 @@ class Running:
         _, status, usage = os.wait4(self.process.pid, 0)
         wall = time.monotonic() - self.started
         self._watchdog.cancel()
+        self._reaped.set()
+        if self._sampler is not None:
+            self._sampler.join()
         returncode = os.waitstatus_to_exitcode(status)
         self.process.returncode = returncode  # reaped here: Popen must not wait for it again
         peak = usage.ru_maxrss / 1024  # kilobytes on Linux
@@ -228,7 +249,23 @@ class Running:
             max_rss_mb=peak if peak > self.parent_rss_mb + 1 else None,
             stdout=_read_scratch(self._out),
             stderr=_read_scratch(self._err),
+            tree_rss_mb=self._tree_peak,
         )
+
+
+def tree_rss_mb(pid: int) -> float:
+    """Resident memory of a process and all its descendants right now, in MB (0 once gone)."""
+    total_kb, pending = 0, [pid]
+    while pending:
+        current = pending.pop()
+        with contextlib.suppress(OSError, ValueError):
+            for line in Path(f"/proc/{current}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total_kb += int(line.split()[1])
+                    break
+            for task in Path(f"/proc/{current}/task").iterdir():
+                pending += [int(child) for child in (task / "children").read_text().split()]
+    return total_kb / 1024
 
 
 def own_rss_mb() -> float:

@@ -424,8 +424,8 @@ def scale(ctx: Context) -> Result:
            if "dry-run" in modes else " (this ozbulk has no --dry-run)")
         + f": {listed} rows, {ctx.repeats} runs of each size"
         + (f" but {largest:,} (once)" if once else "")
-        + "; numbers/s = accepted numbers ÷ wall time of the process; peak RSS from wait4 "
-        "(ru_maxrss of exactly the ozbulk process)"
+        + "; numbers/s = accepted numbers ÷ wall time of the process; peak RSS = ozbulk's "
+        "process plus its producer process, summed, sampled every 20 ms from /proc"
     )  # fmt: skip
     ctx.header("scale: numbers/s and peak memory by input size", ran)
     figures: dict[str, dict[int, list[dict[str, float]]]] = {
@@ -444,7 +444,7 @@ def scale(ctx: Context) -> Result:
                     command = ozbulk_delete(source, server.url, checkpoint)
                     if mode == "dry-run":
                         command.append("--dry-run")
-                    done = run(command, cwd=ctx.work)
+                    done = run(command, cwd=ctx.work, sample_rss=True)
                     if done.returncode != 0:  # one failed size must not hide the others
                         failures.append(f"{size:,} rows, {mode}: exit {done.returncode}")
                         say(f"  {size:>10,} rows, {mode:7}: FAILED, exit {done.returncode}:")
@@ -457,12 +457,12 @@ def scale(ctx: Context) -> Result:
                         "wall_s": done.wall_s,
                         "cpu_s": done.cpu_s,
                         "numbers_per_s": numbers / done.wall_s,
-                        "max_rss_mb": done.max_rss_mb,
+                        "max_rss_mb": done.tree_rss_mb,
                     }
                     figures[mode][size].append(measured)
                     say(
                         f"  {size:>10,} rows, {mode:7}: {measured['numbers_per_s']:>9,.0f} "
-                        f"numbers/s, {done.wall_s:7.2f} s, peak RSS {fmt(done.max_rss_mb, 1)} MB"
+                        f"numbers/s, {done.wall_s:7.2f} s, peak RSS {fmt(done.tree_rss_mb, 1)} MB"
                     )
     table = {
         mode: {
