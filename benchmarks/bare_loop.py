@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 
 import orjson
 
-from benchmarks.hand_loop import produce
+from benchmarks.hand_loop import command_line, run_workers
 
 
 async def work(
@@ -60,26 +60,11 @@ async def main(args: argparse.Namespace) -> dict[str, float]:
         "Content-Type: application/json\r\nContent-Length: %d\r\n\r\n"
     ).encode()
     prefix = orjson.dumps({"userName": args.user, "id": args.group_id})[:-1] + b',"blockNumbers":'
-    workers = [
-        asyncio.create_task(work(host, port, head, prefix, queue, counts))
-        for _ in range(args.concurrency)
-    ]
-    await produce(args.input, args.column, queue, counts)
-    for _ in workers:
-        await queue.put(None)
-    await asyncio.gather(*workers)
+    workers = [work(host, port, head, prefix, queue, counts) for _ in range(args.concurrency)]
+    await run_workers(workers, args, queue, counts)
     return {**counts, "elapsed_s": time.perf_counter() - started}
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("input")
-    parser.add_argument("--base-url", required=True)
-    parser.add_argument("--user", default="bench")
-    parser.add_argument("--group-id", type=int, default=1)
-    parser.add_argument("--api-key", default="bench-key")
-    parser.add_argument("--column", type=int, default=1, help="0-based index of the phone column")
-    parser.add_argument("--concurrency", type=int, default=16)
-    result = asyncio.run(main(parser.parse_args()))
-    print(json.dumps(result))
+    print(json.dumps(asyncio.run(main(command_line(__doc__)))))
     sys.exit(0)

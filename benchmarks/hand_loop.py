@@ -19,6 +19,8 @@ import json
 import re
 import sys
 import time
+from collections.abc import Coroutine
+from typing import Any
 
 import aiohttp
 
@@ -81,18 +83,30 @@ async def main(args: argparse.Namespace) -> dict[str, float]:
     async with aiohttp.ClientSession(connector=connector, headers=headers) as session:
         url = args.base_url.rstrip("/") + "/ca_apis/deleteBlockNumberGroup"
         workers = [
-            asyncio.create_task(work(session, url, args.user, args.group_id, queue, counts))
+            work(session, url, args.user, args.group_id, queue, counts)
             for _ in range(args.concurrency)
         ]
-        await produce(args.input, args.column, queue, counts)
-        for _ in workers:
-            await queue.put(None)
-        await asyncio.gather(*workers)
+        await run_workers(workers, args, queue, counts)
     return {**counts, "elapsed_s": time.perf_counter() - started}
 
 
-if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__)
+async def run_workers(
+    workers: list[Coroutine[Any, Any, None]],
+    args: argparse.Namespace,
+    queue: asyncio.Queue[list[str] | None],
+    counts: dict[str, int],
+) -> None:
+    """Run the workers while the producer fills their queue, then end each with a None."""
+    tasks = [asyncio.create_task(worker) for worker in workers]
+    await produce(args.input, args.column, queue, counts)
+    for _ in tasks:
+        await queue.put(None)
+    await asyncio.gather(*tasks)
+
+
+def command_line(description: str | None) -> argparse.Namespace:
+    """The options both baselines take (``bare_loop.py`` too)."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("input")
     parser.add_argument("--base-url", required=True)
     parser.add_argument("--user", default="bench")
@@ -100,6 +114,9 @@ if __name__ == "__main__":
     parser.add_argument("--api-key", default="bench-key")
     parser.add_argument("--column", type=int, default=1, help="0-based index of the phone column")
     parser.add_argument("--concurrency", type=int, default=16)
-    result = asyncio.run(main(parser.parse_args()))
-    print(json.dumps(result))
+    return parser.parse_args()
+
+
+if __name__ == "__main__":
+    print(json.dumps(asyncio.run(main(command_line(__doc__)))))
     sys.exit(0)

@@ -15,8 +15,7 @@ The public API, used by the ``ozbulk`` command and by Python callers alike::
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from engine.errors import (
     ApiError,
@@ -33,6 +32,7 @@ from engine.errors import (
     RetryableApiError,
     UsageError,
 )
+from engine.lazy import lazy_exports
 from engine.settings import InputSettings, RunSettings, Secret
 
 if TYPE_CHECKING:
@@ -41,17 +41,10 @@ if TYPE_CHECKING:
 __version__ = "0.1.0"
 
 # The pipeline (aiohttp, anyio, SQLite) is imported on first use, not with the package: the
-# producer process imports ``engine.producer_child`` and must start in milliseconds, not pay
-# for an HTTP stack it never uses.
-_LAZY = frozenset(("RunOutcome", "StopControl", "delete", "open_checkpoint"))
-
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        value = getattr(importlib.import_module("engine.pipeline"), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'engine' has no attribute {name!r}")
+# producer process imports ``engine.producer_child`` and must start in milliseconds.
+__getattr__ = lazy_exports(
+    globals(), "engine.pipeline", ("RunOutcome", "StopControl", "delete", "open_checkpoint")
+)
 
 
 __all__ = [

@@ -41,8 +41,8 @@ from engine.settings import InputSettings
 log = logging.getLogger(__name__)
 
 YIELD_EVERY = 8
-# One read takes whatever the pipe holds, up to this: a few dozen frames at full speed.
-READ_SIZE = 1 << 20
+# One read takes whatever the pipe holds: a Linux pipe buffers 64 KB, a few frames.
+READ_SIZE = 1 << 16
 # Where ``engine`` itself lives, so the child imports this very copy whatever its working directory.
 _PACKAGE_ROOT = str(Path(__file__).resolve().parent.parent)
 

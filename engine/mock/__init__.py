@@ -6,9 +6,9 @@ aiohttp; `MockServer` (async) and `ThreadedMockServer` (its own thread) run that
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from engine.lazy import lazy_exports
 from engine.mock.state import (
     CREATE_PATH,
     DELETE_ALIAS_PATH,
@@ -27,15 +27,9 @@ if TYPE_CHECKING:
 
 # The server half needs aiohttp's web framework, which ``ozbulk delete`` never uses: it is imported
 # on first use, so the CLI (which builds the mock-server's arguments) starts without it.
-_SERVER = frozenset(("MockServer", "ThreadedMockServer", "build_app"))
-
-
-def __getattr__(name: str) -> Any:
-    if name in _SERVER:
-        value = getattr(importlib.import_module("engine.mock.server"), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'engine.mock' has no attribute {name!r}")
+__getattr__ = lazy_exports(
+    globals(), "engine.mock.server", ("MockServer", "ThreadedMockServer", "build_app")
+)
 
 
 __all__ = [
