@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import compileall
 import datetime
 import shlex
 import sys
@@ -79,6 +80,10 @@ def main(argv: list[str] | None = None) -> int:
     command = shlex.join(["python", "-m", "benchmarks", *argv])
     print(f"{command}: {', '.join(names)}; {repeats} repeat(s); results in {out}")
     print(f"machine: {machine_line(info)} ({load_text()})")
+    # ozbulk runs as an installed copy does, with its bytecode compiled (pip compiles on install,
+    # and a checkout on first import unless PYTHONDONTWRITEBYTECODE is set, as on this machine):
+    # otherwise each ozbulk process, parent and producer, would recompile the engine as it starts.
+    compileall.compile_dir(ROOT / "engine", quiet=1)
     started = time.monotonic()
     results: list[Result] = []
     failures: dict[str, str] = {}

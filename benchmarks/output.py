@@ -50,8 +50,9 @@ def markdown(meta: dict[str, Any], results: Sequence[Result]) -> str:
         f"({load_text(meta['machine']['load_average_at_start'])} at the start), with "
         f"`{meta['command']}` ({meta['repeats']} repeats; {meta['elapsed_s'] / 60:.1f} min). "
         "Each figure is the median of the repeats, with [min-max] after it; comparisons ran "
-        "both sides alternately in the same run. Other work shared the machine, so absolute "
-        "figures are noisy: the ratios are the point.",
+        "both sides alternately in the same run. ozbulk ran with its bytecode compiled, as an "
+        "installed copy does. Other work shared the machine, so absolute figures are noisy: the "
+        "ratios are the point.",
         "",
         "| benchmark | result | target | |",
         "| --- | --- | --- | --- |",
