@@ -25,8 +25,8 @@ from operator import length_hint
 from pyroaring import BitMap64
 
 from engine.numbers import Normalizer
-from engine.settings import InputSettings
-from engine.source import CsvSource, FileLayout, drop
+from engine.settings import STATE_EVERY_ROWS, InputSettings
+from engine.source import CsvSource, FileLayout, ReadPosition, drop
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +105,15 @@ class SeenNumbers:
             else:
                 return duplicates
 
+    def serialize(self) -> bytes:
+        return bytes(self._bitmap.serialize())
+
+    @classmethod
+    def deserialize(cls, data: bytes) -> SeenNumbers:
+        seen = cls()
+        seen._bitmap = BitMap64.deserialize(data)
+        return seen
+
     def serialized_size(self) -> int:
         """What the bitmap takes serialized: its containers plus their index."""
         return len(self._bitmap.serialize())
@@ -117,9 +126,36 @@ class SeenNumbers:
         return len(self._bitmap)
 
 
+@dataclass(slots=True)
+class ProducerState:
+    """Where a producer stands between two batches: a producer started from it goes on exactly
+    as this one did, so a resume need not normalize and deduplicate the rows before it again.
+
+    Only the inputs and settings that made it may continue it (the checkpoint's identity sees to
+    that). ``numbers``, ``files`` and ``lines`` are the next chunk's beginning, fewer than a
+    chunk; ``counts.chunks`` is the id that chunk will have.
+    """
+
+    file_index: int
+    position: ReadPosition
+    counts: InputCounts
+    numbers: list[int]
+    files: list[int]
+    lines: list[int]
+    seen: bytes  # the dedupe bitmap, serialized
+    layouts: list[FileLayout]  # of the files before ``file_index``
+
+
+StateSink = Callable[[ProducerState], None]
+
+
 @dataclass
 class Producer:
-    """Iterates the chunks of a whole input; counts and reports every row on the way."""
+    """Iterates the chunks of a whole input; counts and reports every row on the way.
+
+    With ``on_state``, it also hands out a :class:`ProducerState` every so many rows (after the
+    chunks cut so far were taken); with ``start``, it continues from one.
+    """
 
     settings: InputSettings
     normalizer: Normalizer
@@ -127,19 +163,41 @@ class Producer:
     counts: InputCounts = field(default_factory=InputCounts)
     layouts: list[FileLayout] = field(default_factory=list)
     seen: SeenNumbers = field(default_factory=SeenNumbers)
+    start: ProducerState | None = None
+    on_state: StateSink | None = None
+    state_every: int = STATE_EVERY_ROWS
 
     def chunks(self) -> Iterator[Chunk]:
         size = self.settings.batch_size
         counts = self.counts
         normalize_batch = self.normalizer.normalize_batch
-        mark = self.seen.mark
         numbers: list[int] = []
         files: list[int] = []
         lines: list[int] = []
+        first_file, position = 0, None
+        if (start := self.start) is not None:
+            first_file, position = start.file_index, start.position
+            log.info(
+                "%s: resuming after line %d, at chunk %d (the rows before were read by an "
+                "earlier pass)",
+                self.settings.paths[first_file],
+                position.line,
+                start.counts.chunks,
+            )
+            for name in counts.__slots__:  # the same object: others may hold it
+                setattr(counts, name, getattr(start.counts, name))
+            numbers, files, lines = list(start.numbers), list(start.files), list(start.lines)
+            self.seen = SeenNumbers.deserialize(start.seen)
+            self.layouts = list(start.layouts)
+        mark = self.seen.mark
+        next_state = counts.rows + self._state_gap(counts.rows)
         for file_index, name in enumerate(self.settings.paths):
+            if file_index < first_file:
+                continue
             source = CsvSource(name, self.settings.column, self.normalizer.looks_like_phone)
             before = replace(counts)
-            for batch_lines, cells in source.batches():
+            start_at = position if file_index == first_file else None
+            for batch_lines, cells in source.batches(start_at):
                 accepted, rejects = normalize_batch(cells)
                 if rejects:
                     self._report(file_index, batch_lines, cells, rejects)
@@ -156,21 +214,27 @@ class Producer:
                 numbers += accepted
                 lines += batch_lines
                 files += [file_index] * len(accepted)
-                if len(numbers) < size:
-                    continue
-                full = len(numbers) - len(numbers) % size
-                for start in range(0, full, size):
-                    end = start + size
-                    yield Chunk(counts.chunks, numbers[start:end], files[start:end],
-                                lines[start:end])  # fmt: skip
-                    counts.chunks += 1
-                del numbers[:full], files[:full], lines[:full]
+                if len(numbers) >= size:
+                    full = len(numbers) - len(numbers) % size
+                    for begin in range(0, full, size):
+                        end = begin + size
+                        yield Chunk(counts.chunks, numbers[begin:end], files[begin:end],
+                                    lines[begin:end])  # fmt: skip
+                        counts.chunks += 1
+                    del numbers[:full], files[:full], lines[:full]
+                if self.on_state is not None and counts.rows >= next_state:
+                    self.on_state(ProducerState(
+                        file_index, source.position, replace(counts), list(numbers), list(files),
+                        list(lines), self.seen.serialize(), list(self.layouts),
+                    ))  # fmt: skip
+                    next_state = counts.rows + self._state_gap(counts.rows)
             if source.layout is not None:
                 self.layouts.append(source.layout)
             log.info(
-                "%s: %d rows: %d accepted, %d rejected, %d duplicates",
+                "%s: %d rows%s: %d accepted, %d rejected, %d duplicates",
                 name,
                 counts.rows - before.rows,
+                f" after line {start_at.line}" if start_at is not None else "",
                 counts.accepted - before.accepted,
                 counts.rejected - before.rejected,
                 counts.duplicates - before.duplicates,
@@ -179,6 +243,11 @@ class Producer:
             yield Chunk(counts.chunks, numbers, files, lines)
             counts.chunks += 1
         counts.finished = True
+
+    def _state_gap(self, rows: int) -> int:
+        # The gap doubles with the rows read, up to 4 times state_every: a long input makes a
+        # handful of states (each a few MB: the bitmap), and a resume re-reads a bounded part.
+        return min(max(self.state_every, rows), 4 * self.state_every)
 
     def _report(
         self,

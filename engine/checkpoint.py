@@ -38,7 +38,7 @@ from engine.errors import CheckpointError, CheckpointMismatch, CheckpointWriteEr
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 DONE = "done"
 FAILED = "failed"
 # SQLite's companions of a WAL-mode database: they belong to the main file and move with it.
@@ -66,11 +66,20 @@ CREATE TABLE IF NOT EXISTS rejects (
     reason TEXT NOT NULL,
     PRIMARY KEY (file, line)
 );
+CREATE TABLE IF NOT EXISTS producer_states (next_chunk INTEGER PRIMARY KEY, state BLOB NOT NULL);
 """
 
 # Statements that bring a checkpoint of schema N up to N + 1, applied in one transaction by
-# _migrate. Version 1 is the first: nothing to migrate yet.
-_MIGRATIONS: dict[int, tuple[str, ...]] = {}
+# _migrate. Version 2 keeps the producer's states, so a resume need not re-read from the start.
+_MIGRATIONS: dict[int, tuple[str, ...]] = {
+    1: (
+        "CREATE TABLE IF NOT EXISTS producer_states "
+        "(next_chunk INTEGER PRIMARY KEY, state BLOB NOT NULL)",
+    ),
+}
+# The newest producer states kept: a resume takes the newest one that lies before every
+# unfinished chunk, and the newest may lie just past one (the producer reads ahead of the sends).
+STATES_KEPT = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -313,8 +322,13 @@ class Checkpoint:
         counters: dict[str, Any],
         *,
         input_counts: dict[str, Any] | None = None,
+        producer_state: tuple[int, bytes] | None = None,
     ) -> None:
-        """Commit a batch of outcomes in one transaction: all of them survive a crash, or none."""
+        """Commit a batch of outcomes in one transaction: all of them survive a crash, or none.
+
+        ``producer_state`` is (next chunk id, pickled state): stored with the rejects read before
+        it, so a resume that starts from it has every earlier reject already.
+        """
         now = time.time()
 
         def write() -> None:
@@ -341,6 +355,15 @@ class Checkpoint:
                 )
                 if input_counts is not None:
                     self._set_meta(input=input_counts)
+                if producer_state is not None:
+                    self._db.execute(
+                        "INSERT OR REPLACE INTO producer_states VALUES (?, ?)", producer_state
+                    )
+                    self._db.execute(
+                        "DELETE FROM producer_states WHERE next_chunk NOT IN (SELECT next_chunk "
+                        "FROM producer_states ORDER BY next_chunk DESC LIMIT ?)",
+                        (STATES_KEPT,),
+                    )
                 self._set_meta(counters=counters, updated_at=now)
 
         self._guard(write)
@@ -402,6 +425,15 @@ class Checkpoint:
             query += " AND in_doubt = ?"
             parameters += (int(in_doubt),)
         return BitMap(row[0] for row in self._db.execute(query, parameters))
+
+    def producer_state(self, before: int) -> bytes | None:
+        """The newest stored producer state from which chunk ``before`` is still ahead."""
+        row = self._db.execute(
+            "SELECT state FROM producer_states WHERE next_chunk <= ? "
+            "ORDER BY next_chunk DESC LIMIT 1",
+            (before,),
+        ).fetchone()
+        return None if row is None else bytes(row[0])
 
     def sums(self) -> dict[str, int]:
         """Totals over finished chunks; each chunk is one row, so none is counted twice."""

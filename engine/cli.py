@@ -164,6 +164,15 @@ def _add_delete_options(run: argparse.ArgumentParser) -> None:
         "inline in the main process",
     )
     speed.add_argument(
+        "--producer-state-rows",
+        type=int,
+        default=defaults.STATE_EVERY_ROWS,
+        metavar="ROWS",
+        help="rows read between the producer states the checkpoint keeps, so that a resume "
+        "continues reading from the last one instead of re-reading the input from its start "
+        "(default %(default)s; the gap then grows with the input, up to 4 times this)",
+    )
+    speed.add_argument(
         "--batch-size",
         type=int,
         default=defaults.MAX_BATCH,
@@ -379,6 +388,7 @@ def settings_from_args(args: argparse.Namespace) -> RunSettings:
         summary_json=args.summary_json,
         report_dir=args.report_dir,
         producer_process=args.producer == "process",
+        producer_state_rows=args.producer_state_rows,
     )
 
 

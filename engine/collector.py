@@ -140,6 +140,7 @@ class Collector:
         self._write_lock = anyio.Lock()
         self._records: list[ChunkRecord] = []
         self._rejects: list[Reject] = []
+        self._producer_state: tuple[int, bytes] | None = None
         self.token_refreshes: Any = lambda: 0
         self.token_issued_at: Any = lambda: list(counters.get("token_issued_at", []))
         # The producer's live counts, set by the pipeline; stored so that `ozbulk status` can
@@ -161,6 +162,10 @@ class Collector:
     # -- called synchronously by the producer, in the same event loop ----------------------
     def reject(self, reject: Reject) -> None:
         self._rejects.append(reject)
+
+    def producer_state(self, next_chunk: int, state: bytes) -> None:
+        """Store this producer state with the next commit, after the rejects read before it."""
+        self._producer_state = (next_chunk, state)
 
     def dispatching(self, chunk: Chunk) -> None:
         """Called before a chunk is handed to the workers: mark it, and move the horizon.
@@ -229,16 +234,17 @@ class Collector:
         write, the horizon's included, out of the connection until then.
         """
         async with self._write_lock:
-            records, rejects = self._records, self._rejects
-            self._records, self._rejects = [], []
+            records, rejects, state = self._records, self._rejects, self._producer_state
+            self._records, self._rejects, self._producer_state = [], [], None
             counters, input_counts = self.counters(), self._input_update()
             try:
                 await anyio.to_thread.run_sync(
                     partial(self.checkpoint.record, records, rejects, counters,
-                            input_counts=input_counts)
+                            input_counts=input_counts, producer_state=state)
                 )  # fmt: skip
             except BaseException:
                 self._records[:0], self._rejects[:0] = records, rejects  # not committed: keep
+                self._producer_state = self._producer_state or state
                 raise
 
     def settle(self) -> None:
@@ -316,9 +322,10 @@ class Collector:
     def commit(self) -> None:
         """One transaction for everything merged since the last commit."""
         self.checkpoint.record(
-            self._records, self._rejects, self.counters(), input_counts=self._input_update()
-        )
-        self._records, self._rejects = [], []
+            self._records, self._rejects, self.counters(), input_counts=self._input_update(),
+            producer_state=self._producer_state,
+        )  # fmt: skip
+        self._records, self._rejects, self._producer_state = [], [], None
 
     def _input_update(self) -> dict[str, Any] | None:
         """What the input holds, if it says more than the checkpoint already knows."""

@@ -148,9 +148,30 @@ class Run:
         if self.settings.producer_process and not inputs.from_stdin:
             only = self.failed_before.serialize() if self.settings.retry_failed else None
             selection = Selection(skip=self.done.serialize(), only=only)
-            return ProducerProcess(inputs, selection, self.collector.reject)
+            return ProducerProcess(
+                inputs,
+                selection,
+                self.collector.reject,
+                start=self.checkpoint.producer_state(self._first_to_send()),
+                on_state=self.collector.producer_state,
+                state_every=self.settings.producer_state_rows,
+            )
         producer = Producer(inputs, self.normalizer, self.collector.reject)
         return ProducerInProcess(producer, self.should_send)
+
+    def _first_to_send(self) -> int:
+        """The lowest chunk id this pass may send: a producer state before it can be used."""
+        if self.settings.retry_failed:
+            return self.failed_before.min() if self.failed_before else 0
+        # The longest prefix 0..k-1 that is all done, by bisection on the bitmap's rank.
+        done, low, high = self.done, 0, len(self.done)
+        while low < high:
+            middle = (low + high + 1) // 2
+            if done.rank(middle - 1) == middle:
+                low = middle
+            else:
+                high = middle - 1
+        return low
 
     @property
     def counts(self) -> InputCounts:

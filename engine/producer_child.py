@@ -7,6 +7,8 @@ standard output: a 4-byte little-endian length, then a pickled message. Messages
 ``("batch", chunks, rejects, counts, skipped)``  a few chunks, the rejects since the last batch,
                                                  the producer's counts, the chunks skipped so far
 ``("log", level, logger, text)``                 a log record, formatted and redacted by the parent
+``("state", next_chunk, state)``                 a pickled :class:`~engine.batcher.ProducerState`,
+                                                 after every chunk before ``next_chunk`` was sent
 ``("done", layouts)``                            every input read
 ``("error", reason, file, line)``                an input the producer cannot use
 ``("crash", traceback)``                         a bug: the parent reports it as one
@@ -29,15 +31,16 @@ import sys
 import traceback
 from array import array
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, BinaryIO
 
 import orjson
 from pyroaring import BitMap
 
-from engine.batcher import InputCounts, Producer
+from engine.batcher import InputCounts, Producer, ProducerState
 from engine.errors import InputError
 from engine.numbers import Normalizer, formatter
-from engine.settings import InputSettings
+from engine.settings import STATE_EVERY_ROWS, InputSettings
 
 # Chunks per "batch" message: enough to make the per-message cost vanish, few enough that the
 # parent gets its first chunks within a millisecond of their being cut.
@@ -83,17 +86,45 @@ def _counts(counts: InputCounts) -> tuple[int, int, int, int, int, bool]:
             counts.finished)  # fmt: skip
 
 
-def produce(inputs: InputSettings, wanted: Callable[[int], bool], frames: FrameWriter) -> None:
-    """Run the producer over ``inputs`` and ship every wanted chunk, with counts and rejects."""
+@dataclass(frozen=True)
+class Job:
+    """What the parent asks for: the inputs, which chunk ids to send, and where to begin."""
+
+    inputs: InputSettings
+    skip: bytes  # serialized bitmap: ids not to send (finished)
+    only: bytes | None  # serialized bitmap: the only ids to send (--retry-failed), or None
+    start: bytes | None = None  # a pickled ProducerState to continue from
+    state_every: int | None = None  # rows between the states sent back; None: send none
+
+
+def produce(job: Job, frames: FrameWriter) -> None:
+    """Run the producer over the job's inputs and ship every wanted chunk, with counts,
+    rejects and (if asked) states."""
+    inputs, wanted = job.inputs, skip_predicate(job.skip, job.only)
     rejects: list[tuple[int, int, str, str]] = []
+    chunks: list[tuple[int, array[int], array[int], array[int], bool, bytes]] = []
+    start: ProducerState | None = None if job.start is None else pickle.loads(job.start)
+    # Every chunk before a state was finished when the run that stored it stopped.
+    skipped = 0 if start is None else start.counts.chunks
+
+    def flush() -> None:
+        nonlocal chunks, rejects
+        frames.send(("batch", chunks, rejects, _counts(producer.counts), skipped))
+        chunks, rejects = [], []
+
+    def send_state(state: ProducerState) -> None:
+        flush()  # the chunks and rejects before it go first
+        frames.send(("state", state.counts.chunks, pickle.dumps(state)))
+
     producer = Producer(
         inputs,
         Normalizer(inputs.country),
         lambda reject: rejects.append((reject.file, reject.line, reject.raw, reject.reason)),
+        start=start,
+        on_state=None if job.state_every is None else send_state,
+        state_every=job.state_every or STATE_EVERY_ROWS,
     )
     write = formatter(inputs.number_format, producer.normalizer.country_code)
-    chunks: list[tuple[int, array[int], array[int], array[int], bool, bytes]] = []
-    skipped = 0
     for chunk in producer.chunks():
         if wanted(chunk.id):
             # The request's array is encoded here, on the producer's core, not the loop's; the
@@ -105,9 +136,8 @@ def produce(inputs: InputSettings, wanted: Callable[[int], bool], frames: FrameW
         else:
             skipped += 1
         if len(chunks) >= CHUNKS_PER_MESSAGE or len(rejects) >= REJECTS_PER_MESSAGE:
-            frames.send(("batch", chunks, rejects, _counts(producer.counts), skipped))
-            chunks, rejects = [], []
-    frames.send(("batch", chunks, rejects, _counts(producer.counts), skipped))
+            flush()
+    flush()
     frames.send(("done", producer.layouts))
 
 
@@ -123,8 +153,7 @@ def main() -> None:
     root.handlers[:] = [_ShipLogs(frames)]
     root.setLevel(logging.INFO)
     try:
-        inputs, skip, only = pickle.loads(sys.stdin.buffer.read())
-        produce(inputs, skip_predicate(skip, only), frames)
+        produce(pickle.loads(sys.stdin.buffer.read()), frames)
     except InputError as error:
         frames.send(("error", error.reason, error.file, error.line))
     except (BrokenPipeError, ConnectionResetError):

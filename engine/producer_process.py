@@ -24,7 +24,7 @@ import os
 import pickle
 import subprocess
 import sys
-from collections.abc import AsyncGenerator, Iterator
+from collections.abc import AsyncGenerator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,10 +35,13 @@ import anyio.to_thread
 
 from engine.batcher import Chunk, InputCounts, Producer, Reject, RejectSink
 from engine.errors import InputError
-from engine.producer_child import FRAME_HEADER
+from engine.producer_child import FRAME_HEADER, Job
 from engine.settings import InputSettings
 
 log = logging.getLogger(__name__)
+
+# Receives (the id of the chunk a state comes before, the pickled state).
+StateSink = Callable[[int, bytes], None]
 
 YIELD_EVERY = 8
 # One read takes whatever the pipe holds: a Linux pipe buffers 64 KB, a few frames.
@@ -98,20 +101,37 @@ def _child_env() -> dict[str, str]:
 class ProducerProcess:
     """The parent's end: an async iterator of chunks, and the counts as they arrive."""
 
-    def __init__(self, inputs: InputSettings, selection: Selection, on_reject: RejectSink) -> None:
+    def __init__(
+        self,
+        inputs: InputSettings,
+        selection: Selection,
+        on_reject: RejectSink,
+        *,
+        start: bytes | None = None,
+        on_state: StateSink | None = None,
+        state_every: int | None = None,
+    ) -> None:
+        """``start``: a stored state to continue from; ``on_state(next_chunk, state)`` gets
+        the states the child sends, every ``state_every`` rows or so (none when None)."""
         self.counts = InputCounts()
         self.skipped = 0
         self.layouts: list[Any] = []
         self._inputs = inputs
         self._selection = selection
         self._on_reject = on_reject
+        self._start = start
+        self._on_state = on_state
+        self._state_every = state_every if on_state is not None else None
         self.pid: int | None = None  # the child's, once started
 
     async def chunks(self) -> AsyncGenerator[Chunk, None]:
         process = _start_child()
         self.pid = process.pid
         assert process.stdin is not None and process.stdout is not None
-        job = pickle.dumps((self._inputs, self._selection.skip, self._selection.only))
+        selection = self._selection
+        job = pickle.dumps(
+            Job(self._inputs, selection.skip, selection.only, self._start, self._state_every)
+        )
         try:
             # A large job (a long resume's skip set) fills the pipe until the child reads it.
             await anyio.to_thread.run_sync(_write_and_close, process.stdin, job)
@@ -124,6 +144,9 @@ class ProducerProcess:
                     if kind == "batch":
                         for chunk in self._receive(message):
                             yield chunk
+                    elif kind == "state":
+                        if self._on_state is not None:
+                            self._on_state(message[1], message[2])
                     elif kind == "log":
                         logging.getLogger(message[2]).log(message[1], "%s", message[3])
                     elif kind == "done":

@@ -15,6 +15,8 @@ DEFAULT_BASE_URL = "https://in1-ccaas-api.ozonetel.com"
 DEFAULT_PATH = "/ca_apis/deleteBlockNumberGroup"
 TOKEN_PATH = "/ca_apis/CAToken/generateToken"
 MAX_BATCH = 100
+# Rows read between two producer states stored for a resume, at first (see engine.batcher).
+STATE_EVERY_ROWS = 1_000_000
 # No rate is published for this call; other CloudAgent calls allow 2 to 50 a minute. Two requests
 # a second (200 numbers/s) is cautious, and the pacer halves it by itself if the server objects.
 DEFAULT_RATE = 2.0
@@ -136,6 +138,8 @@ class RunSettings:
     report_dir: Path | None = None
     commit_interval: float = 0.2
     producer_process: bool = True
+    # Rows between the producer states stored for a resume (the gap then grows with the input).
+    producer_state_rows: int = STATE_EVERY_ROWS
 
     def __post_init__(self) -> None:
         if self.group_id < 0:
@@ -177,6 +181,8 @@ class RunSettings:
             _fail(f"--max-attempts must be at least 1 (got {self.max_attempts})")
         if self.token_budget < 1:
             _fail(f"--token-budget must be at least 1 (got {self.token_budget})")
+        if self.producer_state_rows < 1:
+            _fail(f"--producer-state-rows must be at least 1 (got {self.producer_state_rows})")
         if self.breaker_window < 1 or not 0 < self.breaker_ratio <= 1:
             _fail(
                 "the circuit breaker needs --breaker-window >= 1 and 0 < --breaker-ratio <= 1 "

@@ -32,7 +32,7 @@ import logging
 import re
 import sys
 import zlib
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -97,6 +97,15 @@ class FileLayout:
     has_header: bool
     compressed: bool = False
     sep_line: bool = False  # Excel's "sep=;" first line, which names the delimiter
+
+
+@dataclass(frozen=True, slots=True)
+class ReadPosition:
+    """How far a file has been read, between two batches: enough to read on from there."""
+
+    records: int  # CSV records read, blank ones and the header included
+    skip: int  # records still to skip from there (a header not yet passed)
+    line: int  # the last physical line read
 
 
 class _Replay(io.RawIOBase):
@@ -388,6 +397,7 @@ class CsvSource:
         self._column = column
         self._looks_like_phone = looks_like_phone
         self.layout: FileLayout | None = None
+        self.position = ReadPosition(0, 0, 0)  # after the last batch read
 
     def inspect(self) -> FileLayout:
         """Open the file, find its layout from the sample, and close it: a check before a run.
@@ -409,15 +419,20 @@ class CsvSource:
         for lines, cells in self.batches():
             yield from zip(lines, cells, strict=True)
 
-    def batches(self) -> Iterator[Batch]:
-        """Every row, as lists of start lines and phone cells, BATCH_ROWS at a time."""
+    def batches(self, start: ReadPosition | None = None) -> Iterator[Batch]:
+        """Every row, as lists of start lines and phone cells, BATCH_ROWS at a time.
+
+        From ``start`` (a :attr:`position` of an earlier read of the same file), the records
+        before it are parsed, to keep line numbers exact, but not returned. After each batch,
+        :attr:`position` says how far the read has come.
+        """
         with ExitStack() as stack:
             try:
                 text, layout = self._open(stack)
                 self.layout = layout
                 reader = csv.reader(text, delimiter=layout.delimiter)
                 try:
-                    yield from self._batches(reader, layout)
+                    yield from self._batches(reader, layout, start)
                 except csv.Error as error:
                     raise InputError(
                         f"unreadable CSV: {error}", file=self.name, line=reader.line_num
@@ -472,13 +487,22 @@ class CsvSource:
         stack.callback(text.close)
         return text, layout
 
-    def _batches(self, reader: Any, layout: FileLayout) -> Iterator[Batch]:
+    def _batches(
+        self, reader: Any, layout: FileLayout, start: ReadPosition | None
+    ) -> Iterator[Batch]:
         index = layout.column_index
         skip = int(layout.has_header) + int(layout.sep_line)
         fallbacks_before = _FallbackCounter.uses
         warned = False
-        last_line = 0
-        rows_seen = 0
+        last_line = records = rows_seen = 0
+        if start is not None and start.records:
+            deque(islice(reader, start.records), maxlen=0)  # parsed at C speed, not kept
+            if reader.line_num != start.line:
+                raise RuntimeError(
+                    f"{self.name}: resuming after line {start.line}, but its first "
+                    f"{start.records} records end at line {reader.line_num}"
+                )
+            skip, last_line, records, rows_seen = start.skip, start.line, start.records, 1
         while True:
             # A batch holds a thousand row lists at once. Left to itself, the cyclic garbage
             # collector would scan them several times per batch and promote them to older
@@ -502,7 +526,9 @@ class CsvSource:
                     layout.encoding,
                     last_line,
                 )
-            lines, cells, skip, last_line = batch
+            lines, cells, skip, last_line, count = batch
+            records += count
+            self.position = ReadPosition(records, skip, last_line)
             rows_seen += len(cells)
             if cells:
                 yield lines, cells
@@ -512,9 +538,9 @@ class CsvSource:
 
 def _read_batch(
     reader: Any, index: int, last_line: int, skip: int
-) -> tuple[list[int], list[str | None], int, int] | None:
+) -> tuple[list[int], list[str | None], int, int, int] | None:
     """Parse up to BATCH_ROWS records: (start lines, phone cells, records still to skip, last
-    line read).
+    line read, records parsed).
 
     Blank records are left out, and the first ``skip`` others (a ``sep=`` line, the header); a
     record too short for the column gives None.
@@ -543,7 +569,7 @@ def _read_batch(
             blank = [p for p in positions(stripped, "") if _is_blank(rows[p])]
             if blank:
                 lines, cells = drop(lines, blank), drop(cells, blank)
-    return lines, cells, skip, end
+    return lines, cells, skip, end, len(rows)
 
 
 def positions(values: list[_T], wanted: _T) -> list[int]:

@@ -464,3 +464,47 @@ def test_fingerprint_is_stable_and_order_independent() -> None:
     shuffled = dict(reversed(list(IDENTITY.items())))
     assert fingerprint(shuffled) == fingerprint(IDENTITY)
     assert fingerprint({**IDENTITY, "batch_size": 99}) != fingerprint(IDENTITY)
+
+
+def test_producer_states_are_kept_newest_two_and_chosen_before_the_first_chunk_to_send(
+    tmp_path: Path,
+) -> None:
+    """A state is stored with the rejects of its commit; a resume gets the newest one that
+    lies before the chunk it must send first, and only the two newest are kept."""
+    path = tmp_path / "run.ckpt"
+    checkpoint = open_run(path)
+    assert checkpoint.producer_state(10**9) is None
+    for next_chunk in (10, 20, 30):
+        reject = Reject(0, next_chunk, "x", "letters")
+        checkpoint.record([done(next_chunk - 1)], [reject], {},
+                          producer_state=(next_chunk, b"state %d" % next_chunk))  # fmt: skip
+    checkpoint.close()
+    reopened = open_run(path)
+    assert reopened.producer_state(35) == b"state 30"
+    assert reopened.producer_state(30) == b"state 30"
+    assert reopened.producer_state(29) == b"state 20"
+    assert reopened.producer_state(19) is None  # state 10 was dropped: only two are kept
+    assert len(list(reopened.reject_rows())) == 3
+    reopened.close()
+
+
+def test_a_schema_1_checkpoint_is_migrated_and_resumes_without_producer_states(
+    tmp_path: Path,
+) -> None:
+    """A file written before producer states existed opens for a run: the table is added."""
+    path = tmp_path / "old.ckpt"
+    checkpoint = open_run(path)
+    checkpoint.record([done(0)], [], {})
+    checkpoint.close()
+    connection = sqlite3.connect(path)
+    connection.execute("DROP TABLE producer_states")
+    connection.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
+    connection.commit()
+    connection.close()
+    migrated = open_run(path)
+    assert migrated.schema_version() == SCHEMA_VERSION == 2
+    assert migrated.producer_state(5) is None
+    migrated.record([done(1)], [], {}, producer_state=(2, b"s"))
+    assert migrated.producer_state(5) == b"s"
+    assert set(migrated.ids(DONE)) == {0, 1}
+    migrated.close()

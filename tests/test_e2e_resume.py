@@ -86,6 +86,7 @@ KILL_ROWS = 51_000  # some 50,300 numbers once bad rows and duplicates are out
 KILL_CONCURRENCY = 16
 KILL_LATENCY_MS = 200
 KILLS = 15
+KILL_STATE_ROWS = 2_000
 
 
 @pytest.mark.slow
@@ -101,8 +102,10 @@ def test_randomized_kill_loop_finishes_with_exact_totals(
     assert baseline["accepted"] >= 50_000
     total_chunks = baseline["chunks_total"]
     api = recording_api(source, latency_ms=KILL_LATENCY_MS)
+    # States every few thousand rows: most resumes start from one, not from the first row.
     args = delete_args(api.server, source, rate=0, concurrency=KILL_CONCURRENCY,
-                       checkpoint="c.ckpt", summary_json="s.json")  # fmt: skip
+                       checkpoint="c.ckpt", summary_json="s.json",
+                       producer_state_rows=KILL_STATE_ROWS)  # fmt: skip
     checkpoint = tmp_path / "c.ckpt"
     chunks_per_s = KILL_CONCURRENCY / (KILL_LATENCY_MS / 1000)
     # What a kill may cost: the requests in flight, plus the answers of one commit interval.
@@ -112,7 +115,7 @@ def test_randomized_kill_loop_finishes_with_exact_totals(
     started = time.monotonic()
     done_at_start: list[set[int]] = []
     lost_per_kill: list[int] = []
-    kills = 0
+    kills = resumed_from_state = 0
     while True:
         run = len(done_at_start)
         api.state.run = run
@@ -134,6 +137,7 @@ def test_randomized_kill_loop_finishes_with_exact_totals(
                 victim.signal(signal.SIGKILL)
                 kills += 1
         code = victim.wait()
+        resumed_from_state += "resuming after line" in victim.output
         if code == 0:
             break
         assert code == -signal.SIGKILL, victim.output
@@ -145,6 +149,7 @@ def test_randomized_kill_loop_finishes_with_exact_totals(
     elapsed = time.monotonic() - started
 
     assert kills >= KILLS, f"the job finished after {kills} kills"
+    assert resumed_from_state >= 2  # the exact totals below hold for resumes from states too
     summary = read_summary(tmp_path / "s.json")
     assert_same_totals(summary, baseline)
     assert api.state.remaining(GROUP) == 0
@@ -168,7 +173,8 @@ def test_randomized_kill_loop_finishes_with_exact_totals(
     print(
         f"kill loop: {kills} kills in {len(done_at_start)} runs, {elapsed:.1f} s; chunks resent "
         f"{duplicates} ({duplicates / kills:.1f} per kill, bound {bound_per_kill}); lost per "
-        f"kill {lost_per_kill}; in doubt {len(in_doubt)}"
+        f"kill {lost_per_kill}; in doubt {len(in_doubt)}; {resumed_from_state} runs resumed "
+        "from a producer state"
     )
 
 

@@ -8,6 +8,7 @@ import pickle
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -133,3 +134,37 @@ def test_the_child_and_the_cli_start_without_what_they_never_use() -> None:
         [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60
     )
     assert done.stdout.split() == ["[]", "[]"]
+
+
+def test_the_child_sends_states_and_goes_on_exactly_from_one(sample_csv) -> None:
+    """States come after the chunks before them; a child started from one ships exactly the
+    chunks and rejects that followed it, and ends with the same counts."""
+    inputs = InputSettings(paths=(str(sample_csv(12_000)),))
+    everything = Selection(skip=BitMap().serialize(), only=None)
+    events: list[tuple[str, Any]] = []
+    source = ProducerProcess(
+        inputs, everything, lambda reject: events.append(("reject", reject)),
+        on_state=lambda next_chunk, state: events.append(("state", (next_chunk, state))),
+        state_every=2_000,
+    )  # fmt: skip
+
+    async def run() -> None:
+        async for chunk in source.chunks():
+            events.append(("chunk", chunk))
+
+    anyio.run(run)
+    states = [(index, value) for index, (kind, value) in enumerate(events) if kind == "state"]
+    assert len(states) >= 3
+    for index, (next_chunk, blob) in states:
+        before = [value.id for kind, value in events[:index] if kind == "chunk"]
+        assert before == list(range(next_chunk))  # every earlier chunk came first
+        later_rejects: list[Reject] = []
+        resumed = ProducerProcess(inputs, everything, later_rejects.append, start=blob)
+        rest = _collect(resumed)
+        after = [value for kind, value in events[index:] if kind == "chunk"]
+        assert [(c.id, list(c.numbers), list(c.lines)) for c in rest] == [
+            (c.id, list(c.numbers), list(c.lines)) for c in after
+        ]
+        assert later_rejects == [value for kind, value in events[index:] if kind == "reject"]
+        assert resumed.counts == source.counts
+        assert resumed.skipped == next_chunk  # the chunks before a state count as done

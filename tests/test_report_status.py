@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from engine.batcher import Reject
-from engine.checkpoint import DONE, FAILED, Checkpoint, ChunkRecord, fingerprint
+from engine.checkpoint import DONE, FAILED, SCHEMA_VERSION, Checkpoint, ChunkRecord, fingerprint
 from engine.collector import RESENT_AFTER_INTERRUPTION
 from engine.errors import CheckpointError
 from engine.report import REPORT_FILES, summary_from_checkpoint, write_report
@@ -107,7 +107,7 @@ def test_status_describes_the_run_its_progress_and_how_to_resume(path: Path) -> 
     assert info["totals"]["not_found"] == 68 and info["totals"]["rejected"] == 12
     assert info["state"] == "incomplete, with failed chunks"
     assert info["last_write"] and info["updated_ago_s"] < 60
-    assert info["schema_version"] == 1
+    assert info["schema_version"] == SCHEMA_VERSION
     text = render(info)
     for expected in ("/data/numbers.csv", "group 1 of user tester at api.example:443",
                      "2 done, 1 failed", "remaining unknown", "1 in doubt", "68 not in the group",
