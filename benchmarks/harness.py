@@ -336,14 +336,18 @@ def read_summary(checkpoint: Path) -> dict[str, Any]:
 def remove_checkpoint(checkpoint: Path) -> None:
     for suffix in ("", "-wal", "-shm", ".summary.json"):
         Path(f"{checkpoint}{suffix}").unlink(missing_ok=True)
-    shutil.rmtree(f"{checkpoint}.report", ignore_errors=True)
+    for folder in (".report", ".states"):
+        shutil.rmtree(f"{checkpoint}{folder}", ignore_errors=True)
 
 
 def copy_checkpoint(source: Path, target: Path) -> None:
+    """The checkpoint, its WAL and its producer states, as a resume finds them."""
     remove_checkpoint(target)
     for suffix in ("", "-wal", "-shm"):
         if Path(f"{source}{suffix}").exists():
             shutil.copyfile(f"{source}{suffix}", f"{target}{suffix}")
+    if Path(f"{source}.states").is_dir():
+        shutil.copytree(f"{source}.states", f"{target}.states")
 
 
 def hand_loop(

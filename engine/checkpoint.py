@@ -66,7 +66,7 @@ CREATE TABLE IF NOT EXISTS rejects (
     reason TEXT NOT NULL,
     PRIMARY KEY (file, line)
 );
-CREATE TABLE IF NOT EXISTS producer_states (next_chunk INTEGER PRIMARY KEY, state BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS producer_states (next_chunk INTEGER PRIMARY KEY, file TEXT NOT NULL);
 """
 
 # Statements that bring a checkpoint of schema N up to N + 1, applied in one transaction by
@@ -74,12 +74,21 @@ CREATE TABLE IF NOT EXISTS producer_states (next_chunk INTEGER PRIMARY KEY, stat
 _MIGRATIONS: dict[int, tuple[str, ...]] = {
     1: (
         "CREATE TABLE IF NOT EXISTS producer_states "
-        "(next_chunk INTEGER PRIMARY KEY, state BLOB NOT NULL)",
+        "(next_chunk INTEGER PRIMARY KEY, file TEXT NOT NULL)",
     ),
 }
 # The newest producer states kept: a resume takes the newest one that lies before every
 # unfinished chunk, and the newest may lie just past one (the producer reads ahead of the sends).
+# A state is a file the producer process writes into STATES_SUFFIX beside the checkpoint (it
+# holds the dedupe bitmap, megabytes that the event loop's process never has to hold); a row
+# here names it, committed with the rejects read before it.
 STATES_KEPT = 2
+STATES_SUFFIX = ".states"
+
+
+def states_dir(path: Path) -> Path:
+    """Where the producer states of the checkpoint at ``path`` live."""
+    return Path(f"{path}{STATES_SUFFIX}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -322,12 +331,13 @@ class Checkpoint:
         counters: dict[str, Any],
         *,
         input_counts: dict[str, Any] | None = None,
-        producer_state: tuple[int, bytes] | None = None,
+        producer_state: tuple[int, str] | None = None,
     ) -> None:
         """Commit a batch of outcomes in one transaction: all of them survive a crash, or none.
 
-        ``producer_state`` is (next chunk id, pickled state): stored with the rejects read before
-        it, so a resume that starts from it has every earlier reject already.
+        ``producer_state`` is (next chunk id, file name in :func:`states_dir`): recorded with
+        the rejects read before it, so a resume that starts from it has every earlier reject.
+        State files no longer recorded are removed once the transaction is committed.
         """
         now = time.time()
 
@@ -365,8 +375,17 @@ class Checkpoint:
                         (STATES_KEPT,),
                     )
                 self._set_meta(counters=counters, updated_at=now)
+            if producer_state is not None:
+                self._prune_states()
 
         self._guard(write)
+
+    def _prune_states(self) -> None:
+        kept = {row[0] for row in self._db.execute("SELECT file FROM producer_states")}
+        with contextlib.suppress(OSError):
+            for entry in states_dir(self.path).iterdir():
+                if entry.name not in kept:
+                    entry.unlink(missing_ok=True)
 
     def set_horizon(self, horizon: int) -> None:
         """Promise that every chunk at or past ``horizon`` is recorded or was never sent.
@@ -426,14 +445,14 @@ class Checkpoint:
             parameters += (int(in_doubt),)
         return BitMap(row[0] for row in self._db.execute(query, parameters))
 
-    def producer_state(self, before: int) -> bytes | None:
-        """The newest stored producer state from which chunk ``before`` is still ahead."""
+    def producer_state(self, before: int) -> Path | None:
+        """The file of the newest producer state from which chunk ``before`` is still ahead."""
         row = self._db.execute(
-            "SELECT state FROM producer_states WHERE next_chunk <= ? "
+            "SELECT file FROM producer_states WHERE next_chunk <= ? "
             "ORDER BY next_chunk DESC LIMIT 1",
             (before,),
         ).fetchone()
-        return None if row is None else bytes(row[0])
+        return None if row is None else states_dir(self.path) / row[0]
 
     def sums(self) -> dict[str, int]:
         """Totals over finished chunks; each chunk is one row, so none is counted twice."""
@@ -505,7 +524,7 @@ def move_aside(path: Path) -> Path:
         descriptor = _lock(path)  # refuse to pull the file from under a live run
         os.close(descriptor)
     target = _fresh_name(path, ".old")
-    for suffix in (*COMPANIONS, ""):
+    for suffix in (*COMPANIONS, STATES_SUFFIX, ""):
         source = Path(f"{path}{suffix}")
         if source.exists():
             source.rename(Path(f"{target}{suffix}"))

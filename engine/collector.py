@@ -140,7 +140,7 @@ class Collector:
         self._write_lock = anyio.Lock()
         self._records: list[ChunkRecord] = []
         self._rejects: list[Reject] = []
-        self._producer_state: tuple[int, bytes] | None = None
+        self._producer_state: tuple[int, str] | None = None
         self.token_refreshes: Any = lambda: 0
         self.token_issued_at: Any = lambda: list(counters.get("token_issued_at", []))
         # The producer's live counts, set by the pipeline; stored so that `ozbulk status` can
@@ -163,9 +163,9 @@ class Collector:
     def reject(self, reject: Reject) -> None:
         self._rejects.append(reject)
 
-    def producer_state(self, next_chunk: int, state: bytes) -> None:
-        """Store this producer state with the next commit, after the rejects read before it."""
-        self._producer_state = (next_chunk, state)
+    def producer_state(self, next_chunk: int, file: str) -> None:
+        """Record this producer state's file with the next commit, after the rejects before it."""
+        self._producer_state = (next_chunk, file)
 
     def dispatching(self, chunk: Chunk) -> None:
         """Called before a chunk is handed to the workers: mark it, and move the horizon.

@@ -33,6 +33,7 @@ from engine.checkpoint import (
     fingerprint,
     fingerprint_file,
     move_aside,
+    states_dir,
 )
 from engine.client import OzonetelClient
 from engine.collector import CircuitBreaker, Collector
@@ -154,6 +155,7 @@ class Run:
                 self.collector.reject,
                 start=self.checkpoint.producer_state(self._first_to_send()),
                 on_state=self.collector.producer_state,
+                state_dir=states_dir(self.checkpoint.path),
                 state_every=self.settings.producer_state_rows,
             )
         producer = Producer(inputs, self.normalizer, self.collector.reject)

@@ -7,7 +7,8 @@ standard output: a 4-byte little-endian length, then a pickled message. Messages
 ``("batch", chunks, rejects, counts, skipped)``  a few chunks, the rejects since the last batch,
                                                  the producer's counts, the chunks skipped so far
 ``("log", level, logger, text)``                 a log record, formatted and redacted by the parent
-``("state", next_chunk, state)``                 a pickled :class:`~engine.batcher.ProducerState`,
+``("state", next_chunk, file)``                  a :class:`~engine.batcher.ProducerState` was
+                                                 written to ``file`` in the job's state folder,
                                                  after every chunk before ``next_chunk`` was sent
 ``("done", layouts)``                            every input read
 ``("error", reason, file, line)``                an input the producer cannot use
@@ -32,6 +33,7 @@ import traceback
 from array import array
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, BinaryIO
 
 import orjson
@@ -47,6 +49,8 @@ from engine.settings import STATE_EVERY_ROWS, InputSettings
 CHUNKS_PER_MESSAGE = 8
 REJECTS_PER_MESSAGE = 1024
 FRAME_HEADER = struct.Struct("<I")
+
+log = logging.getLogger(__name__)
 
 
 def skip_predicate(skip: bytes, only: bytes | None) -> Callable[[int], bool]:
@@ -93,8 +97,42 @@ class Job:
     inputs: InputSettings
     skip: bytes  # serialized bitmap: ids not to send (finished)
     only: bytes | None  # serialized bitmap: the only ids to send (--retry-failed), or None
-    start: bytes | None = None  # a pickled ProducerState to continue from
-    state_every: int | None = None  # rows between the states sent back; None: send none
+    start: str | None = None  # the file of a ProducerState to continue from
+    state_dir: str | None = None  # where to write states; None: write none
+    state_every: int = STATE_EVERY_ROWS  # rows between states, at first
+
+
+def write_state(folder: Path, state: ProducerState) -> str:
+    """Write ``state`` durably into ``folder`` (a new file, then renamed); its file name."""
+    folder.mkdir(exist_ok=True)
+    name = f"state-{state.counts.chunks}.pickle"
+    partial = folder / f"{name}.partial"
+    with open(partial, "wb") as handle:
+        pickle.dump(state, handle, protocol=pickle.HIGHEST_PROTOCOL)  # the bitmap is not copied
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(partial, folder / name)
+    descriptor = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)  # the rename itself survives a power cut
+    finally:
+        os.close(descriptor)
+    return name
+
+
+def load_state(path: Path) -> ProducerState | None:
+    """The state stored in ``path``, or None (said in the log) if it cannot be read."""
+    try:
+        with open(path, "rb") as handle:
+            state = pickle.load(handle)
+    except (OSError, EOFError, pickle.UnpicklingError, AttributeError, ValueError) as error:
+        log.warning("%s: cannot read this producer state (%s); reading the input from its start",
+                    path, error)  # fmt: skip
+        return None
+    if not isinstance(state, ProducerState):
+        log.warning("%s is no producer state; reading the input from its start", path)
+        return None
+    return state
 
 
 def produce(job: Job, frames: FrameWriter) -> None:
@@ -103,7 +141,7 @@ def produce(job: Job, frames: FrameWriter) -> None:
     inputs, wanted = job.inputs, skip_predicate(job.skip, job.only)
     rejects: list[tuple[int, int, str, str]] = []
     chunks: list[tuple[int, array[int], array[int], array[int], bool, bytes]] = []
-    start: ProducerState | None = None if job.start is None else pickle.loads(job.start)
+    start = None if job.start is None else load_state(Path(job.start))
     # Every chunk before a state was finished when the run that stored it stopped.
     skipped = 0 if start is None else start.counts.chunks
 
@@ -113,16 +151,22 @@ def produce(job: Job, frames: FrameWriter) -> None:
         chunks, rejects = [], []
 
     def send_state(state: ProducerState) -> None:
+        assert job.state_dir is not None
         flush()  # the chunks and rejects before it go first
-        frames.send(("state", state.counts.chunks, pickle.dumps(state)))
+        try:
+            name = write_state(Path(job.state_dir), state)
+        except OSError as error:  # a resume then re-reads more of the input: no reason to stop
+            log.warning("could not store a producer state in %s: %s", job.state_dir, error)
+            return
+        frames.send(("state", state.counts.chunks, name))
 
     producer = Producer(
         inputs,
         Normalizer(inputs.country),
         lambda reject: rejects.append((reject.file, reject.line, reject.raw, reject.reason)),
         start=start,
-        on_state=None if job.state_every is None else send_state,
-        state_every=job.state_every or STATE_EVERY_ROWS,
+        on_state=None if job.state_dir is None else send_state,
+        state_every=job.state_every,
     )
     write = formatter(inputs.number_format, producer.normalizer.country_code)
     for chunk in producer.chunks():

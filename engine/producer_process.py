@@ -36,12 +36,12 @@ import anyio.to_thread
 from engine.batcher import Chunk, InputCounts, Producer, Reject, RejectSink
 from engine.errors import InputError
 from engine.producer_child import FRAME_HEADER, Job
-from engine.settings import InputSettings
+from engine.settings import STATE_EVERY_ROWS, InputSettings
 
 log = logging.getLogger(__name__)
 
-# Receives (the id of the chunk a state comes before, the pickled state).
-StateSink = Callable[[int, bytes], None]
+# Hears of each state written: (the id of the chunk it comes before, its file name).
+StateSink = Callable[[int, str], None]
 
 YIELD_EVERY = 8
 # One read takes whatever the pipe holds: a Linux pipe buffers 64 KB, a few frames.
@@ -107,12 +107,14 @@ class ProducerProcess:
         selection: Selection,
         on_reject: RejectSink,
         *,
-        start: bytes | None = None,
+        start: Path | None = None,
         on_state: StateSink | None = None,
-        state_every: int | None = None,
+        state_dir: Path | None = None,
+        state_every: int = STATE_EVERY_ROWS,
     ) -> None:
-        """``start``: a stored state to continue from; ``on_state(next_chunk, state)`` gets
-        the states the child sends, every ``state_every`` rows or so (none when None)."""
+        """``start``: the file of a state to continue from. With ``state_dir``, the child writes
+        a state there every ``state_every`` rows or so, and ``on_state(next_chunk, file name)``
+        hears of each."""
         self.counts = InputCounts()
         self.skipped = 0
         self.layouts: list[Any] = []
@@ -121,7 +123,8 @@ class ProducerProcess:
         self._on_reject = on_reject
         self._start = start
         self._on_state = on_state
-        self._state_every = state_every if on_state is not None else None
+        self._state_dir = state_dir
+        self._state_every = state_every
         self.pid: int | None = None  # the child's, once started
 
     async def chunks(self) -> AsyncGenerator[Chunk, None]:
@@ -130,8 +133,10 @@ class ProducerProcess:
         assert process.stdin is not None and process.stdout is not None
         selection = self._selection
         job = pickle.dumps(
-            Job(self._inputs, selection.skip, selection.only, self._start, self._state_every)
-        )
+            Job(self._inputs, selection.skip, selection.only,
+                None if self._start is None else str(self._start),
+                None if self._state_dir is None else str(self._state_dir), self._state_every)
+        )  # fmt: skip
         try:
             # A large job (a long resume's skip set) fills the pipe until the child reads it.
             await anyio.to_thread.run_sync(_write_and_close, process.stdin, job)

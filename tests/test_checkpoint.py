@@ -24,6 +24,7 @@ from engine.checkpoint import (
     ChunkRecord,
     fingerprint,
     move_aside,
+    states_dir,
 )
 from engine.errors import CheckpointError, CheckpointMismatch, CheckpointWriteError
 
@@ -469,23 +470,34 @@ def test_fingerprint_is_stable_and_order_independent() -> None:
 def test_producer_states_are_kept_newest_two_and_chosen_before_the_first_chunk_to_send(
     tmp_path: Path,
 ) -> None:
-    """A state is stored with the rejects of its commit; a resume gets the newest one that
-    lies before the chunk it must send first, and only the two newest are kept."""
+    """A state's file is recorded with the rejects of its commit; a resume gets the newest one
+    that lies before the chunk it must send first; only the two newest are kept, files too."""
     path = tmp_path / "run.ckpt"
+    folder = states_dir(path)
+    folder.mkdir()
+    (folder / "stray.pickle").write_bytes(b"left by a killed run")
     checkpoint = open_run(path)
     assert checkpoint.producer_state(10**9) is None
     for next_chunk in (10, 20, 30):
+        name = f"state-{next_chunk}.pickle"
+        (folder / name).write_bytes(b"state")
         reject = Reject(0, next_chunk, "x", "letters")
         checkpoint.record([done(next_chunk - 1)], [reject], {},
-                          producer_state=(next_chunk, b"state %d" % next_chunk))  # fmt: skip
+                          producer_state=(next_chunk, name))  # fmt: skip
     checkpoint.close()
+    assert sorted(entry.name for entry in folder.iterdir()) == [
+        "state-20.pickle",
+        "state-30.pickle",
+    ]
     reopened = open_run(path)
-    assert reopened.producer_state(35) == b"state 30"
-    assert reopened.producer_state(30) == b"state 30"
-    assert reopened.producer_state(29) == b"state 20"
+    assert reopened.producer_state(35) == folder / "state-30.pickle"
+    assert reopened.producer_state(30) == folder / "state-30.pickle"
+    assert reopened.producer_state(29) == folder / "state-20.pickle"
     assert reopened.producer_state(19) is None  # state 10 was dropped: only two are kept
     assert len(list(reopened.reject_rows())) == 3
     reopened.close()
+    aside = move_aside(path)
+    assert states_dir(aside).is_dir() and not folder.exists()  # the states go with their run
 
 
 def test_a_schema_1_checkpoint_is_migrated_and_resumes_without_producer_states(
@@ -504,7 +516,7 @@ def test_a_schema_1_checkpoint_is_migrated_and_resumes_without_producer_states(
     migrated = open_run(path)
     assert migrated.schema_version() == SCHEMA_VERSION == 2
     assert migrated.producer_state(5) is None
-    migrated.record([done(1)], [], {}, producer_state=(2, b"s"))
-    assert migrated.producer_state(5) == b"s"
+    migrated.record([done(1)], [], {}, producer_state=(2, "state-2.pickle"))
+    assert migrated.producer_state(5) == states_dir(path) / "state-2.pickle"
     assert set(migrated.ids(DONE)) == {0, 1}
     migrated.close()

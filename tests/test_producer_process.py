@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import pickle
 import subprocess
@@ -136,16 +137,17 @@ def test_the_child_and_the_cli_start_without_what_they_never_use() -> None:
     assert done.stdout.split() == ["[]", "[]"]
 
 
-def test_the_child_sends_states_and_goes_on_exactly_from_one(sample_csv) -> None:
-    """States come after the chunks before them; a child started from one ships exactly the
-    chunks and rejects that followed it, and ends with the same counts."""
+def test_the_child_writes_states_and_goes_on_exactly_from_one(sample_csv, tmp_path) -> None:
+    """States are announced after the chunks before them; a child started from one ships exactly
+    the chunks and rejects that followed it, and ends with the same counts."""
     inputs = InputSettings(paths=(str(sample_csv(12_000)),))
     everything = Selection(skip=BitMap().serialize(), only=None)
+    states = tmp_path / "states"
     events: list[tuple[str, Any]] = []
     source = ProducerProcess(
         inputs, everything, lambda reject: events.append(("reject", reject)),
-        on_state=lambda next_chunk, state: events.append(("state", (next_chunk, state))),
-        state_every=2_000,
+        on_state=lambda next_chunk, name: events.append(("state", (next_chunk, name))),
+        state_dir=states, state_every=2_000,
     )  # fmt: skip
 
     async def run() -> None:
@@ -153,13 +155,14 @@ def test_the_child_sends_states_and_goes_on_exactly_from_one(sample_csv) -> None
             events.append(("chunk", chunk))
 
     anyio.run(run)
-    states = [(index, value) for index, (kind, value) in enumerate(events) if kind == "state"]
-    assert len(states) >= 3
-    for index, (next_chunk, blob) in states:
+    announced = [(index, value) for index, (kind, value) in enumerate(events) if kind == "state"]
+    assert len(announced) >= 3
+    assert {name for _, (_, name) in announced} == {path.name for path in states.iterdir()}
+    for index, (next_chunk, name) in announced:
         before = [value.id for kind, value in events[:index] if kind == "chunk"]
         assert before == list(range(next_chunk))  # every earlier chunk came first
         later_rejects: list[Reject] = []
-        resumed = ProducerProcess(inputs, everything, later_rejects.append, start=blob)
+        resumed = ProducerProcess(inputs, everything, later_rejects.append, start=states / name)
         rest = _collect(resumed)
         after = [value for kind, value in events[index:] if kind == "chunk"]
         assert [(c.id, list(c.numbers), list(c.lines)) for c in rest] == [
@@ -168,3 +171,19 @@ def test_the_child_sends_states_and_goes_on_exactly_from_one(sample_csv) -> None
         assert later_rejects == [value for kind, value in events[index:] if kind == "reject"]
         assert resumed.counts == source.counts
         assert resumed.skipped == next_chunk  # the chunks before a state count as done
+
+
+def test_an_unreadable_state_means_reading_from_the_start(sample_csv, tmp_path, caplog) -> None:
+    """A damaged or missing state file is not fatal: the child says so and reads everything."""
+    inputs = InputSettings(paths=(str(sample_csv(3_000)),))
+    everything = Selection(skip=BitMap().serialize(), only=None)
+    damaged = tmp_path / "state-7.pickle"
+    damaged.write_bytes(b"not a pickle")
+    for start in (damaged, tmp_path / "missing.pickle"):
+        source = ProducerProcess(inputs, everything, lambda _: None, start=start)
+        with caplog.at_level(logging.WARNING):
+            chunks = _collect(source)
+        assert [chunk.id for chunk in chunks] == list(range(source.counts.chunks))
+        assert source.counts.rows == 3_000
+        assert "reading the input from its start" in caplog.text
+        caplog.clear()
