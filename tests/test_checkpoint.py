@@ -190,13 +190,25 @@ def test_a_checkpoint_of_another_run_is_refused_untouched(
     assert files_of(tmp_path) == before
 
 
-def newer_schema(path: Path) -> None:
-    checkpoint = open_run(path)
-    checkpoint.close()
+def rewrite(path: Path, *statements: str) -> None:
+    """Run SQL on a checkpoint behind ozbulk's back (as another program or version would)."""
     connection = sqlite3.connect(path)
-    connection.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
+    for statement in statements:
+        connection.execute(statement)
     connection.commit()
     connection.close()
+
+
+def with_schema_version(path: Path, value: str, *more: str) -> None:
+    """A checkpoint whose stored schema version is the JSON text ``value``."""
+    checkpoint = open_run(path)
+    checkpoint.record([done(0)], [], {})
+    checkpoint.close()
+    rewrite(path, *more, f"UPDATE meta SET value = '{value}' WHERE key = 'schema_version'")
+
+
+def newer_schema(path: Path) -> None:
+    with_schema_version(path, "99")
 
 
 def garbage(path: Path) -> None:
@@ -208,10 +220,7 @@ def text_file(path: Path) -> None:
 
 
 def other_sqlite(path: Path) -> None:
-    connection = sqlite3.connect(path)
-    connection.execute("CREATE TABLE contacts (name TEXT, phone TEXT)")
-    connection.commit()
-    connection.close()
+    rewrite(path, "CREATE TABLE contacts (name TEXT, phone TEXT)")
 
 
 def torn_pages(path: Path) -> None:
@@ -224,12 +233,7 @@ def torn_pages(path: Path) -> None:
 
 
 def bad_version_value(path: Path) -> None:
-    checkpoint = open_run(path)
-    checkpoint.close()
-    connection = sqlite3.connect(path)
-    connection.execute("UPDATE meta SET value = '\"one\"' WHERE key = 'schema_version'")
-    connection.commit()
-    connection.close()
+    with_schema_version(path, '"one"')
 
 
 @pytest.mark.parametrize(
@@ -505,14 +509,7 @@ def test_a_schema_1_checkpoint_is_migrated_and_resumes_without_producer_states(
 ) -> None:
     """A file written before producer states existed opens for a run: the table is added."""
     path = tmp_path / "old.ckpt"
-    checkpoint = open_run(path)
-    checkpoint.record([done(0)], [], {})
-    checkpoint.close()
-    connection = sqlite3.connect(path)
-    connection.execute("DROP TABLE producer_states")
-    connection.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
-    connection.commit()
-    connection.close()
+    with_schema_version(path, "1", "DROP TABLE producer_states")
     migrated = open_run(path)
     assert migrated.schema_version() == SCHEMA_VERSION == 2
     assert migrated.producer_state(5) is None

@@ -80,6 +80,23 @@ def status_json(run_cli: Any, checkpoint: str) -> dict[str, Any]:
     return info
 
 
+def resume_elsewhere(
+    run_cli: Any,
+    recording_api: Any,
+    source: Path,
+    stopped: Recorded,
+    args: list[str],
+    summary: Path,
+) -> tuple[Recorded, dict[str, Any]]:
+    """Re-run ``args`` against a new fake API that holds what ``stopped`` still holds (the API
+    host is no part of a run's identity); it must finish: the new API and the run's summary."""
+    fresh = recording_api(source, numbers=stopped.state.numbers(GROUP))
+    resume = [fresh.server.url if word == stopped.server.url else word for word in args]
+    resumed = run_cli(*resume)
+    assert resumed.returncode == 0, resumed.output
+    return fresh, read_summary(summary)
+
+
 # -- the randomized kill loop ------------------------------------------------------------------
 
 KILL_ROWS = 51_000  # some 50,300 numbers once bad rows and duplicates are out
@@ -215,11 +232,9 @@ def test_one_signal_drains_commits_and_says_how_to_resume(
     assert stopped["chunks_done"] == len(applied)
 
     # Resume elsewhere (the API host is no part of a run's identity): nothing is sent twice.
-    fast = recording_api(source, numbers=slow.state.numbers(GROUP))
-    resume = [fast.server.url if word == slow.server.url else word for word in args]
-    resumed = run_cli(*resume)
-    assert resumed.returncode == 0, resumed.output
-    summary = read_summary(tmp_path / "s.json")
+    fast, summary = resume_elsewhere(
+        run_cli, recording_api, source, slow, args, tmp_path / "s.json"
+    )
     assert_same_totals(summary, baseline)
     assert summary["deleted"] == baseline["deleted"]  # a drained stop applied nothing unrecorded
     # In doubt: none. Every chunk sent before the signal was answered and recorded, and the
@@ -259,11 +274,9 @@ def test_a_second_signal_cancels_in_flight_requests_and_the_checkpoint_holds(
     assert len(committed) >= 8
     time.sleep(max(0.0, answers_due - time.monotonic()))  # the server is done with them too
 
-    fast = recording_api(source, numbers=slow.state.numbers(GROUP))
-    resume = [fast.server.url if word == slow.server.url else word for word in args]
-    resumed = run_cli(*resume)
-    assert resumed.returncode == 0, resumed.output
-    summary = read_summary(tmp_path / "s.json")
+    fast, summary = resume_elsewhere(
+        run_cli, recording_api, source, slow, args, tmp_path / "s.json"
+    )
     assert_same_totals(summary, baseline)
     assert not committed & set(fast.state.chunks_of_run(0))
     # The second wave reached the server and was cancelled unanswered: the server may have
