@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import signal
 import sys
 from pathlib import Path
 
 from engine.batcher import accepted_numbers
+from engine.mock.quota import QuotaChange
 from engine.mock.state import (
     AUTH_MODES,
     DEFAULT_API_KEY,
@@ -24,6 +26,7 @@ from engine.mock.state import (
     MockState,
     generate_mobile_numbers,
 )
+from engine.rates import Rate, parse_rate
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
@@ -121,17 +124,35 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     misbehave.add_argument(
         "--rate-limit",
-        type=float,
-        metavar="R",
-        help="admit at most R API requests in any 1-second window; the rest are refused "
-        "(default: no limit)",
+        type=_rate,
+        metavar="RATE",
+        help="admit at most this many API requests per second, minute or hour: 50 (= 50/s), "
+        "120/min, 2000/h; counted over a sliding window unless --rate-limit-reset; refused "
+        "requests do not count (default: no limit)",
+    )
+    misbehave.add_argument(
+        "--rate-limit-reset",
+        action="store_true",
+        help="count the limit with a counter reset at each wall-clock second, minute or hour "
+        "(as many APIs do) instead of over a sliding window",
+    )
+    misbehave.add_argument(
+        "--rate-limit-change",
+        type=_rate_change,
+        action="append",
+        default=[],
+        metavar="SECONDS:RATE",
+        help="from SECONDS after the first request on, the limit is RATE (e.g. 120:60/min "
+        "halves 120/min after two minutes); may be given several times",
     )
     misbehave.add_argument(
         "--rate-limit-style",
         choices=RATE_LIMIT_STYLES,
         default="http",
-        help="how a refused request is answered: http = HTTP 429 with Retry-After: 1, body = "
-        'HTTP 200 with {"status":"error","message":"Max limit exceeded"} (default: %(default)s)',
+        help="how a refused request is answered: http = HTTP 429 with a Retry-After saying "
+        "when the limit admits again; http-bare = HTTP 429 without Retry-After; body = HTTP "
+        '200 with {"status":"error","message":"Max limit exceeded"}, as Ozonetel answers its '
+        "other calls (default: %(default)s)",
     )
     misbehave.add_argument(
         "--fault-rate",
@@ -160,6 +181,26 @@ def _comma_list(value: str) -> tuple[str, ...]:
     return tuple(item.strip() for item in value.split(",") if item.strip())
 
 
+def _rate(text: str) -> Rate:
+    try:
+        return parse_rate(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _rate_change(text: str) -> tuple[float, Rate]:
+    after, colon, rate = text.partition(":")
+    try:
+        seconds = float(after)
+    except ValueError:
+        seconds = -1.0
+    if not colon or not (math.isfinite(seconds) and seconds >= 0):
+        raise argparse.ArgumentTypeError(
+            f"--rate-limit-change takes SECONDS:RATE, e.g. 120:60/min (got {text!r})"
+        )
+    return seconds, _rate(rate)
+
+
 def config_from_args(args: argparse.Namespace) -> MockConfig:
     """The `MockConfig` the flags describe; ValueError (saying the fix) if they are invalid."""
     return MockConfig(
@@ -171,7 +212,10 @@ def config_from_args(args: argparse.Namespace) -> MockConfig:
         token_ttl=args.token_ttl,
         token_budget=args.token_budget,
         latency_ms=args.latency_ms,
-        rate_limit=args.rate_limit,
+        rate_limit=None if args.rate_limit is None else args.rate_limit.count,
+        rate_limit_window=1.0 if args.rate_limit is None else args.rate_limit.per,
+        rate_limit_reset=args.rate_limit_reset,
+        rate_limit_changes=[QuotaChange(after, rate) for after, rate in args.rate_limit_change],
         rate_limit_style=args.rate_limit_style,
         fault_rate=args.fault_rate,
         fault_kinds=args.fault_kinds,

@@ -8,6 +8,7 @@ so a request costs one lock, one orjson parse and one orjson dump, and nothing i
 from __future__ import annotations
 
 import asyncio
+import math
 import socket
 import struct
 import threading
@@ -86,7 +87,7 @@ class _Handlers:
         config = state.config
         self._latency_s = config.latency_ms / 1000
         self._hang_s = config.hang_s
-        self._rate_limit_status = 429 if config.rate_limit_style == "http" else 200
+        self._rate_limit_style = config.rate_limit_style
 
     async def _admit(self, request: web.Request) -> web.Response | None:
         """Count the request, wait the configured latency, and answer it if it is rate limited."""
@@ -95,9 +96,12 @@ class _Handlers:
             await asyncio.sleep(self._latency_s)
         if admitted:
             return None
-        response = _json(RATE_LIMITED_BODY, self._rate_limit_status)
-        if self._rate_limit_status == 429:
-            response.headers["Retry-After"] = "1"
+        if self._rate_limit_style == "body":
+            return _json(RATE_LIMITED_BODY, 200)
+        response = _json(RATE_LIMITED_BODY, 429)
+        if self._rate_limit_style == "http":
+            # Whole seconds, as the header takes, rounded up: never an invitation to come early.
+            response.headers["Retry-After"] = str(max(1, math.ceil(self._state.retry_after())))
         return response
 
     async def _answer(self, request: web.Request, call: _Call) -> web.Response:

@@ -21,9 +21,12 @@ from typing import Any, Final, Literal
 
 import orjson
 
+from engine.mock.quota import Quota, QuotaChange
+from engine.rates import Rate
+
 JsonObject = dict[str, Any]
 AuthMode = Literal["apikey", "token"]
-RateLimitStyle = Literal["http", "body"]
+RateLimitStyle = Literal["http", "http-bare", "body"]
 
 TOKEN_PATH: Final = "/ca_apis/CAToken/generateToken"
 DELETE_PATH: Final = "/ca_apis/deleteBlockNumberGroup"
@@ -41,10 +44,9 @@ DEFAULT_TOKEN_BUDGET: Final = 10
 DEFAULT_MAX_BATCH: Final = 100
 DEFAULT_HANG_S: Final = 30.0
 TOKEN_BUDGET_WINDOW_S: Final = 3600.0
-RATE_WINDOW_S: Final = 1.0
 
 AUTH_MODES: Final[tuple[AuthMode, ...]] = ("apikey", "token")
-RATE_LIMIT_STYLES: Final[tuple[RateLimitStyle, ...]] = ("http", "body")
+RATE_LIMIT_STYLES: Final[tuple[RateLimitStyle, ...]] = ("http", "http-bare", "body")
 FAULT_KINDS: Final[tuple[str, ...]] = (
     "http_500",  # JSON error body
     "http_502",  # JSON error body
@@ -131,7 +133,12 @@ class MockConfig:
     token_budget: int = DEFAULT_TOKEN_BUDGET
     max_batch: int = DEFAULT_MAX_BATCH
     latency_ms: float = 0.0
+    # At most rate_limit requests per rate_limit_window seconds: a sliding window, or a counter
+    # reset at each wall-clock boundary of the window (rate_limit_reset); changes apply later.
     rate_limit: float | None = None
+    rate_limit_window: float = 1.0
+    rate_limit_reset: bool = False
+    rate_limit_changes: Sequence[QuotaChange] = ()
     rate_limit_style: RateLimitStyle = "http"
     fault_rate: float = 0.0
     fault_kinds: Sequence[str] = FAULT_KINDS
@@ -142,6 +149,7 @@ class MockConfig:
     def __post_init__(self) -> None:
         # A tuple keeps the frozen config hashable and safe from a caller mutating its list.
         object.__setattr__(self, "fault_kinds", tuple(self.fault_kinds))
+        object.__setattr__(self, "rate_limit_changes", tuple(self.rate_limit_changes))
         if not self.user:
             raise ValueError("user (--user) must not be empty; use --user demo")
         if not self.api_key:
@@ -172,9 +180,12 @@ class MockConfig:
             _require_positive(
                 "rate_limit (--rate-limit)", self.rate_limit, "leave it unset for no limit"
             )
+            Rate(self.rate_limit, self.rate_limit_window)  # a window of a second, minute or hour
+        elif self.rate_limit_changes:
+            raise ValueError("a rate limit change (--rate-limit-change) needs --rate-limit first")
         if self.rate_limit_style not in RATE_LIMIT_STYLES:
             raise ValueError(
-                "rate_limit_style (--rate-limit-style) must be http or body "
+                "rate_limit_style (--rate-limit-style) must be http, http-bare or body "
                 f"(got {self.rate_limit_style!r})"
             )
         if not (0.0 <= self.fault_rate <= 1.0):
@@ -231,7 +242,13 @@ class _Counters:
 class MockState:
     """The account behind the fake API. Synchronous and pure apart from the injected clock."""
 
-    def __init__(self, config: MockConfig, *, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        config: MockConfig,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
         self._config = config
         self._clock = clock
         self._lock = threading.Lock()
@@ -240,7 +257,17 @@ class MockState:
         self._token: str | None = None
         self._token_expires_at = 0.0
         self._token_issue_times: deque[float] = deque()
-        self._admitted_times: deque[float] = deque()
+        self._quota = (
+            None
+            if config.rate_limit is None
+            else Quota(
+                Rate(config.rate_limit, config.rate_limit_window),
+                fixed=config.rate_limit_reset,
+                changes=config.rate_limit_changes,
+                clock=clock,
+                wall=wall,
+            )
+        )
         self._fault_rng = random.Random(config.fault_seed)
         self._counters = _Counters()
 
@@ -334,20 +361,15 @@ class MockState:
             counters.requests_by_path[path] = counters.requests_by_path.get(path, 0) + 1
             if path in DELETE_PATHS:
                 counters.delete_requests += 1
-            limit = self._config.rate_limit
-            if limit is None:
+            if self._quota is None or self._quota.admit():
                 return True
-            now = self._clock()
-            window = self._admitted_times
-            # Only admitted requests enter the window: a client that is refused and backs off
-            # must not keep itself locked out.
-            while window and window[0] <= now - RATE_WINDOW_S:
-                window.popleft()
-            if len(window) >= limit:
-                counters.rate_limited += 1
-                return False
-            window.append(now)
-            return True
+            counters.rate_limited += 1
+            return False
+
+    def retry_after(self) -> float:
+        """Seconds until the rate limit admits the next request (0 without a limit)."""
+        with self._lock:
+            return 0.0 if self._quota is None else self._quota.retry_after()
 
     def draw_fault(self) -> str | None:
         """Pick the fault (a FAULT_KINDS name or "fail_all") this delete call suffers, if any."""
