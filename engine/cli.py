@@ -26,6 +26,7 @@ from engine.numbers import Normalizer
 from engine.pipeline import RunOutcome, delete, open_checkpoint
 from engine.plan import Plan, make_plan, write_rejects
 from engine.progress import BarDisplay, LogDisplay
+from engine.rates import parse_rate
 from engine.settings import InputSettings, RunSettings, Secret
 from engine.source import CsvSource
 from engine.status import show_status, write_report_for
@@ -61,18 +62,15 @@ examples:
 """
 
 
-AUTO_RATE = -1.0
-
-
-def _rate(text: str) -> float:
-    if text == "auto":
-        return AUTO_RATE
+def _rate(text: str) -> str:
+    """--rate as its canonical text: auto, 0 (no ceiling), or a rate such as 300/min."""
+    text = text.strip()
+    if text in ("auto", "0"):
+        return text
     try:
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"--rate takes a number of requests per second, 0 for no limit, or auto (got {text!r})"
-        ) from None
+        return str(parse_rate(text))
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"--rate: {error}; or 0 for no ceiling, or auto") from None
 
 
 # The subparsers whose options may also come from the environment and a --config file.
@@ -146,9 +144,10 @@ def _add_delete_options(run: argparse.ArgumentParser) -> None:
         "--rate",
         type=_rate,
         default=defaults.DEFAULT_RATE,
-        help="requests per second: a ceiling the pacer adapts under when the "
-        "server says too fast; 0 = no limit; auto = find the server's limit "
-        "(default %(default)s)",
+        help="the most requests to send, per second (5 or 5/s), minute (300/min) or hour "
+        "(18000/h): a ceiling never exceeded, under which ozbulk learns the server's own limit "
+        "when it refuses; 0 = no ceiling; auto = no ceiling, starting at 5/s and growing until "
+        "the server refuses (default %(default)s)",
     )
     speed.add_argument(
         "--concurrency",
@@ -358,7 +357,11 @@ def settings_from_args(args: argparse.Namespace) -> RunSettings:
         number_format=args.number_format,
         batch_size=args.batch_size,
     )
-    auto = args.rate == AUTO_RATE
+    try:
+        pace = _rate(str(args.rate))  # a TOML file may give a number, not a string
+    except argparse.ArgumentTypeError as error:
+        raise UsageError(str(error)) from None
+    ceiling = None if pace in ("auto", "0") else parse_rate(pace)
     checkpoint = args.checkpoint or Path(f"ozbulk-{args.user}-{args.group_id}.ckpt")
     api_key = _api_key(args)
     REDACTOR.add(api_key.reveal())
@@ -371,8 +374,9 @@ def settings_from_args(args: argparse.Namespace) -> RunSettings:
         auth=args.auth,
         base_url=args.base_url,
         path=args.path,
-        rate=None if auto or args.rate == 0 else args.rate,
-        rate_auto=auto,
+        rate=None if ceiling is None else ceiling.per_second,
+        rate_auto=pace == "auto",
+        rate_per=1.0 if ceiling is None else ceiling.per,
         concurrency=args.concurrency,
         connect_timeout=args.connect_timeout,
         read_timeout=args.read_timeout,
@@ -428,6 +432,8 @@ def print_summary(outcome: RunOutcome, argv: list[str] | None = None) -> None:
     )  # fmt: skip
     width = max(len(key) for key in keys)
     lines = [f"  {key:<{width}}  {summary.get(key)}" for key in keys]
+    if summary.get("server_limit"):
+        lines.append(f"  {'server_limit':<{width}}  {summary['server_limit']}")
     meaning = {
         0: "complete: every number has a verdict",
         1: "finished with failed chunks: re-run the same command to retry them",
@@ -515,7 +521,7 @@ def cmd_config(args: argparse.Namespace, sources: dict[str, str]) -> int:
         if name == "api_key":
             value = "***" if settings.api_key else "(not set)"
         if name == "rate":
-            value = "auto" if value == AUTO_RATE else "0 (no limit)" if value == 0 else value
+            value = settings.pace_words
         source = sources.get(name, "default")
         if name == "api_key" and name not in sources and settings.api_key:
             source = "file" if args.api_key_file else "environment OZONETEL_API_KEY"

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -39,6 +40,7 @@ from engine import streams
 from engine.batcher import Chunk, InputCounts, Reject
 from engine.checkpoint import DONE, FAILED, Checkpoint, ChunkRecord
 from engine.errors import CircuitOpen
+from engine.limits import Limit
 from engine.workers import ChunkResult, LiveStats
 
 log = logging.getLogger(__name__)
@@ -116,6 +118,7 @@ class Collector:
         write: Any,
         commit_interval: float,
         horizon_step: int,
+        server_limit: Callable[[], Limit | None] = lambda: None,
     ) -> None:
         self.checkpoint = checkpoint
         self.stats = stats
@@ -126,6 +129,7 @@ class Collector:
         self._write = write
         self._interval = commit_interval
         self._horizon_step = horizon_step
+        self._server_limit = server_limit
         self._horizon = checkpoint.meta("horizon", 0)
         # Chunks recorded as failed by an earlier pass: resending one replaces its old outcome.
         self._failed_before = checkpoint.ids(FAILED)
@@ -317,6 +321,8 @@ class Collector:
             "rate_limited": before.get("rate_limited", 0) + stats.rate_limited,
             "token_refreshes": before.get("token_refreshes", 0) + self.token_refreshes(),
             "passes": before.get("passes", 0) + 1,
+            # Kept so that a resume paces at the server's limit instead of learning it again.
+            "server_limit": _learned(self._server_limit()) or before.get("server_limit"),
         }
 
     def commit(self) -> None:
@@ -346,3 +352,7 @@ class Collector:
     @property
     def pending(self) -> int:
         return len(self._records)
+
+
+def _learned(limit: Limit | None) -> dict[str, Any] | None:
+    return None if limit is None or limit.learned_at is None else limit.to_json()

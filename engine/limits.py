@@ -106,6 +106,20 @@ class Limit:
         return cls(quota, float(window), fixed, None if learned_at is None else float(learned_at))
 
 
+def describe_limit(stored: object) -> str | None:
+    """A stored limit in words with when it was learned: ``120 a minute, sliding window, learned
+    12:03``; None for none."""
+    limit = Limit.from_json(stored)
+    if limit is None:
+        return None
+    when = (
+        ""
+        if limit.learned_at is None
+        else time.strftime(", learned %H:%M", time.localtime(limit.learned_at))
+    )
+    return limit.describe() + when
+
+
 class Hypothesis:
     """One candidate shape of the server's limit, with what is known of its quota."""
 

@@ -416,7 +416,7 @@ class Pacer:
         self._paused, self._probe_at = False, math.inf
         self.paused_s += now - self._paused_since
         if self._announced_until:
-            log.info("the server admits again, after %s", _duration(now - self._paused_since))
+            log.info("the server admits again, after %s", duration_words(now - self._paused_since))
             self._announced_until = 0.0
         self._wake_waiters()
 
@@ -432,7 +432,7 @@ class Pacer:
         )
         wall = time.strftime("%H:%M:%S", time.localtime(until + self.model.wall_offset))
         level = logging.INFO if length >= ANNOUNCE_PAUSE_S else logging.DEBUG
-        log.log(level, "%s: waiting until %s (about %s)", reason, wall, _duration(length))
+        log.log(level, "%s: waiting until %s (about %s)", reason, wall, duration_words(length))
         self._announced_until = until if level == logging.INFO else 0.0
 
     def _answer(self, ticket: float, *, counted: bool) -> float:
@@ -573,7 +573,7 @@ class Pacer:
             self._limiter.set_rate(rate * SAFETY)
 
 
-def _duration(seconds: float) -> str:
+def duration_words(seconds: float) -> str:
     """``37 min``, ``12 s``, ``1 h 05 min``: how long a person waits."""
     seconds = max(0.0, seconds)
     if seconds < 90:

@@ -38,6 +38,7 @@ from engine.checkpoint import (
 from engine.client import OzonetelClient
 from engine.collector import CircuitBreaker, Collector
 from engine.errors import CheckpointWriteError, OzbulkError
+from engine.limits import Limit, describe_limit
 from engine.numbers import Normalizer, formatter
 from engine.pacing import Pacer
 from engine.producer_process import ProducerInProcess, ProducerProcess, Selection
@@ -102,7 +103,7 @@ def display_settings(settings: RunSettings) -> dict[str, Any]:
         "base_url": settings.base_url,
         "path": settings.path,
         "auth": settings.auth,
-        "rate": "auto" if settings.rate_auto else settings.rate,
+        "rate": settings.pace_text,
         "concurrency": settings.concurrency,
         "inputs": list(settings.inputs.paths),
         "group_id": settings.group_id,
@@ -120,14 +121,19 @@ class Run:
         self.normalizer = Normalizer(settings.inputs.country)
         self.write = formatter(settings.inputs.number_format, self.normalizer.country_code)
         self.stats = LiveStats()
-        rate = None if settings.rate_auto else settings.rate
-        self.pacer = Pacer(rate, auto=settings.rate_auto)
+        counters = checkpoint.meta("counters", {}) or {}
+        # The limit an earlier pass learned: pacing starts there instead of finding it again.
+        self.pacer = Pacer(
+            settings.rate,
+            auto=settings.rate_auto and settings.rate is None,
+            prior=Limit.from_json(counters.get("server_limit")),
+        )
         self.done = checkpoint.ids(DONE)
         self.failed_before = checkpoint.ids(FAILED)
         self.collector = Collector(
             checkpoint,
             stats=self.stats,
-            counters=checkpoint.meta("counters", {}) or {},
+            counters=counters,
             in_doubt_below=checkpoint.meta("horizon", 0),
             breaker=CircuitBreaker(settings.breaker_window, settings.breaker_ratio),
             write=self.write,
@@ -136,6 +142,7 @@ class Run:
             # kill -9 (never fewer than were really in flight), so a step is a few hundred ms of
             # requests at high rates.
             horizon_step=max(256, 16 * settings.concurrency),
+            server_limit=lambda: self.pacer.limit,
         )
         self.collector.load_totals()
         self.source = self._chunk_source()
@@ -285,6 +292,8 @@ class Run:
             "rate_limited": counters["rate_limited"],
             "token_refreshes": counters["token_refreshes"],
             "passes": counters["passes"],
+            "server_limit": describe_limit(counters["server_limit"]),
+            "paused_by_server_s": round(self.pacer.paused_s, 3),
             "elapsed_s": round(time.monotonic() - self.started, 3),
             "complete": bool(complete),
             "checkpoint": str(self.checkpoint.path),

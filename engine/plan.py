@@ -19,6 +19,7 @@ from typing import Any
 from engine.batcher import InputCounts, Producer, Reject
 from engine.checkpoint import Checkpoint
 from engine.errors import CheckpointError
+from engine.limits import Limit
 from engine.numbers import Normalizer
 from engine.settings import RunSettings
 
@@ -52,17 +53,22 @@ class Plan:
             return requests
         return max(0, requests - int(self.resume.get("chunks_done", 0)))
 
+    @property
+    def server_limit(self) -> Limit | None:
+        """The server's limit as an earlier pass of this run learned it."""
+        return None if self.resume is None else Limit.from_json(self.resume.get("server_limit"))
+
     def duration_s(self) -> float | None:
-        remaining, rate = self.remaining_requests(), self.settings.rate
-        if remaining is None or rate is None or self.settings.rate_auto:
+        """At the ceiling, or at the limit an earlier pass learned if that is lower."""
+        remaining = self.remaining_requests()
+        limit = self.server_limit
+        rates = [rate for rate in (self.settings.rate, limit and limit.per_second) if rate]
+        if remaining is None or not rates:
             return None
-        return remaining / rate
+        return remaining / min(rates)
 
     def render(self) -> str:
         s = self.settings
-        rate = "auto (found by probing)" if s.rate_auto else (
-            "unlimited" if s.rate is None else f"{s.rate:g} requests/s"
-        )  # fmt: skip
         lines = [
             "ozbulk plan",
             f"  target       {s.base_url}{s.path}",
@@ -82,10 +88,15 @@ class Plan:
         requests = self.remaining_requests()
         if requests is not None:
             lines.append(f"  requests     {requests:,} of up to {s.inputs.batch_size} numbers")
-        lines.append(f"  pace         {rate}, {s.concurrency} at once")
+        lines.append(f"  pace         {s.pace_words}; {s.concurrency} at once")
+        limit = self.server_limit
+        if limit is not None:
+            lines.append(f"  server limit {limit.describe()} (learned by an earlier pass)")
         duration = self.duration_s()
         if duration is not None:
             lines.append(f"  duration     about {_human(duration)} at that rate")
+        elif requests:
+            lines.append("  duration     unknown until the server's limit is learned")
         if self.resume is not None:
             r = self.resume
             lines.append(
@@ -163,7 +174,8 @@ def _resume_state(path: Path) -> dict[str, Any] | None:
     except CheckpointError:
         return None  # the run itself refuses it, with the full explanation
     try:
-        return checkpoint.sums()
+        counters = checkpoint.meta("counters", {}) or {}
+        return {**checkpoint.sums(), "server_limit": counters.get("server_limit")}
     finally:
         checkpoint.close()
 

@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
+from engine.pacing import duration_words
+
 if TYPE_CHECKING:
     from rich.console import Console
     from rich.progress import Progress
@@ -37,6 +39,7 @@ def snapshot(run: Run) -> dict[str, Any]:
         "requests_per_s": stats.requests / elapsed,
         "rate": run.pacer.rate,
         "forced_down": run.pacer.forced_down,
+        "waiting_until": run.pacer.waiting_until,
         "success": totals.success,
         "error": totals.error,
         "deleted": totals.deleted,
@@ -48,9 +51,14 @@ def snapshot(run: Run) -> dict[str, Any]:
 
 
 def _rate_text(values: dict[str, Any]) -> str:
+    until = values.get("waiting_until")
+    if until is not None and until - time.time() >= 1.0:
+        # A long wait for the server's window is shown as one, not as a stall.
+        at, left = time.strftime("%H:%M:%S", time.localtime(until)), until - time.time()
+        return f"server limit reached: waiting until {at} (about {duration_words(left)})"
     rate = values["rate"]
-    text = "unlimited" if rate is None else f"{rate:.1f}/s"
-    return text + (" (slowed by the server)" if values["forced_down"] else "")
+    text = "unlimited" if rate is None else f"{rate:.3g}/s"
+    return text + (" (server's limit)" if values["forced_down"] else "")
 
 
 class BarDisplay:

@@ -10,6 +10,7 @@ from typing import Literal
 from urllib.parse import urlsplit
 
 from engine.errors import UsageError
+from engine.rates import UNIT_WORDS, Rate
 
 DEFAULT_BASE_URL = "https://in1-ccaas-api.ozonetel.com"
 DEFAULT_PATH = "/ca_apis/deleteBlockNumberGroup"
@@ -17,9 +18,10 @@ TOKEN_PATH = "/ca_apis/CAToken/generateToken"
 MAX_BATCH = 100
 # Rows read between two producer states stored for a resume, at first (see engine.batcher).
 STATE_EVERY_ROWS = 1_000_000
-# No rate is published for this call; other CloudAgent calls allow 2 to 50 a minute. Two requests
-# a second (200 numbers/s) is cautious, and the pacer halves it by itself if the server objects.
-DEFAULT_RATE = 2.0
+# No rate is published for this call, and other CloudAgent calls allow anything from 2 to 50 a
+# minute: any fixed default is either far too slow or refused. So by default the pacer starts
+# slowly (5 requests/s), grows until the server refuses, and learns the quota and its window.
+DEFAULT_RATE = "auto"
 DEFAULT_CONCURRENCY = 16
 DEFAULT_COUNTRY = "IN"
 DEFAULT_CONNECT_TIMEOUT = 10.0
@@ -120,8 +122,10 @@ class RunSettings:
     auth: AuthMode = "apikey"
     base_url: str = DEFAULT_BASE_URL
     path: str = DEFAULT_PATH
-    rate: float | None = DEFAULT_RATE  # requests/s ceiling; None = unlimited
-    rate_auto: bool = False
+    rate: float | None = None  # requests/s ceiling; None = unlimited
+    # With no ceiling: grow from 5/s until the server refuses (False: unlimited until then).
+    rate_auto: bool = True
+    rate_per: float = 1.0  # the unit --rate was given in (60: per minute), for display
     concurrency: int = DEFAULT_CONCURRENCY
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
     read_timeout: float = DEFAULT_READ_TIMEOUT
@@ -140,6 +144,22 @@ class RunSettings:
     producer_process: bool = True
     # Rows between the producer states stored for a resume (the gap then grows with the input).
     producer_state_rows: int = STATE_EVERY_ROWS
+
+    @property
+    def pace_text(self) -> str:
+        """--rate as the user wrote it, which the command line reads back: auto, 0, 300/min."""
+        if self.rate is not None:
+            return str(Rate(self.rate * self.rate_per, self.rate_per))
+        return "auto" if self.rate_auto else "0"
+
+    @property
+    def pace_words(self) -> str:
+        """--rate for people: ``300 a minute (5/s)``, ``auto (...)``, ``unlimited``."""
+        if self.rate is not None:
+            return f"at most {Rate(self.rate * self.rate_per, self.rate_per).describe()}"
+        if self.rate_auto:
+            return "auto: from 5/s up until the server refuses, then its learned limit"
+        return "unlimited until the server refuses, then its learned limit"
 
     def __post_init__(self) -> None:
         if self.group_id < 0:
@@ -162,9 +182,11 @@ class RunSettings:
             _fail(f"--path must start with / (got {self.path!r})")
         if self.rate is not None and not (self.rate > 0 and math.isfinite(self.rate)):
             _fail(
-                f"--rate must be > 0 (got {self.rate}); use --rate 0.5 for one request every "
+                f"--rate must be > 0 (got {self.rate}); use --rate 30/min for one request every "
                 "2 s, --rate 0 for no limit, or --rate auto"
             )
+        if self.rate_per not in UNIT_WORDS:
+            _fail(f"--rate's unit must be a second, a minute or an hour (got {self.rate_per} s)")
         if not 1 <= self.concurrency <= 1024:
             _fail(f"--concurrency must be between 1 and 1024 (got {self.concurrency})")
         for name, value in (

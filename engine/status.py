@@ -14,6 +14,7 @@ from typing import Any
 
 from engine import settings as defaults
 from engine.checkpoint import Checkpoint
+from engine.limits import describe_limit
 from engine.report import summary_from_checkpoint, write_report
 
 
@@ -50,8 +51,8 @@ def resume_command(
         rate = settings["rate"]
         if rate is None:
             words += ["--rate", "0"]  # no limit
-        else:
-            words += ["--rate", rate if rate == "auto" else f"{rate:g}"]
+        else:  # the text given (auto, 300/min), or a number from a checkpoint of 0.1
+            words += ["--rate", rate if isinstance(rate, str) else f"{rate:g}"]
     if "concurrency" in settings:
         words += ["--concurrency", str(settings["concurrency"])]
     target = checkpoint.absolute() if checkpoint is not None else settings.get("checkpoint")
@@ -93,6 +94,7 @@ def describe(checkpoint: Checkpoint) -> dict[str, Any]:
         "totals": {key: summary[key] for key in _TOTAL_KEYS},
         "counters": checkpoint.meta("counters", {}) or {},
         "horizon": checkpoint.meta("horizon", 0),
+        "server_limit": describe_limit((checkpoint.meta("counters", {}) or {}).get("server_limit")),
         "created_at": created,
         "created": _when(created),
         "updated_at": updated,
@@ -137,6 +139,7 @@ def render(info: dict[str, Any]) -> str:
         f"settings     rate {settings.get('rate')}, concurrency {settings.get('concurrency')}, "
         f"batch {identity.get('batch_size')}, column {identity.get('column') or 'detected'}, "
         f"country {identity.get('country')}, format {identity.get('number_format')}",
+        f"server limit {info.get('server_limit') or 'not met (nothing refused as too fast)'}",
         f"chunks       {_count(chunks['total'])} in all: {chunks['done']:,} done, "
         f"{chunks['failed']:,} failed, {remaining}; {chunks['in_doubt']:,} in doubt "
         f"(sent again after an interruption or a failure)",
