@@ -521,7 +521,7 @@ def cmd_config(args: argparse.Namespace, sources: dict[str, str]) -> int:
         if name == "api_key":
             value = "***" if settings.api_key else "(not set)"
         if name == "rate":
-            value = settings.pace_words
+            value = settings.pace_shown
         source = sources.get(name, "default")
         if name == "api_key" and name not in sources and settings.api_key:
             source = "file" if args.api_key_file else "environment OZONETEL_API_KEY"

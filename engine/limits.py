@@ -48,6 +48,7 @@ RTT_SAMPLES = 200  # the slowest round trip among this many recent admissions
 # How long after a wall-clock boundary a reset counter is surely reset (clocks differ a little).
 FIXED_SLACK_S = 0.25
 FIXED_SLACK_SHARE = 0.05  # of the window, for short windows
+NARROW_SHARE = 0.02  # bounds of a quota this close together (of it) are close enough
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +119,12 @@ def describe_limit(stored: object) -> str | None:
         else time.strftime(", learned %H:%M", time.localtime(limit.learned_at))
     )
     return limit.describe() + when
+
+
+def narrow(hypothesis: Hypothesis) -> bool:
+    """Its quota is known: the bounds are within a request or two percent of each other."""
+    hi = hypothesis.hi
+    return hi is not None and hi <= hypothesis.lo + max(1, math.ceil(NARROW_SHARE * hypothesis.lo))
 
 
 class Hypothesis:
@@ -287,12 +294,22 @@ class LimitModel:
     def _standing(self) -> list[Hypothesis]:
         return [h for h in self.hypotheses if h.alive and h.hi is not None]
 
+    def pinned(self) -> bool:
+        """One window length stands and its quota is known: trust what it predicts."""
+        binding = self.binding()
+        return binding is not None and self.settled and narrow(binding)
+
     def binding(self) -> Hypothesis | None:
-        """The shortest standing shape with a known upper bound: the limit to pace by."""
+        """The shortest standing shape with a known upper bound: the limit to pace by.
+
+        Of a sliding window and a counter reset on the clock of the same length, the one that
+        allows more: pacing by it tests the other (a refusal rules it out), where pacing by the
+        stricter one would never learn whether it is right.
+        """
         standing = self._standing()
         if not standing:
             return None
-        return min(standing, key=lambda h: (h.window, h.lo))
+        return min(standing, key=lambda h: (h.window, -h.lo))
 
     def limit(self) -> Limit | None:
         """The limit to pace by, in words a person can check; None before any refusal."""
@@ -333,6 +350,10 @@ class LimitModel:
             return start + hypothesis.window  # the counter resets
         # The oldest (count - quota + 1) must leave; each leaves a window after its answer.
         return self._answered[first + count - quota] + hypothesis.window + 1e-6
+
+    def admissions(self) -> tuple[list[float], int]:
+        """The answer times of the admissions kept, oldest first from the index given; read-only."""
+        return self._answered, self._head
 
     # -- bookkeeping ---------------------------------------------------------------------------
 

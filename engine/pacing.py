@@ -49,12 +49,12 @@ import logging
 import math
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import anyio
 from aiolimiter import AsyncLimiter
 
-from engine.limits import FIXED_SLACK_S, FIXED_SLACK_SHARE, Hypothesis, Limit, LimitModel
+from engine.limits import FIXED_SLACK_S, FIXED_SLACK_SHARE, Hypothesis, Limit, LimitModel, narrow
 from engine.rates import per_second_text
 
 log = logging.getLogger(__name__)
@@ -71,12 +71,11 @@ GUARD_SLACK_S = 0.002  # the guard's window is this much longer than the server'
 MAX_SERVER_DELAY = 1.0  # an unanswered request is taken to have been counted by then
 RTT_SAMPLES = 200  # the fastest round trip among this many recent answers
 AUTO_START = 5.0  # requests/s, --rate auto's first pace
-AUTO_GROWTH = 1.25  # per second, while no limit is known
+AUTO_GROWTH = 1.25  # per second while no limit is known (per window of a limit that rose)
 UNLIMITED_ABOVE = 20_000.0  # requests/s: growing past this without a ceiling, stop pacing at all
 GROW_EVERY = 0.5  # seconds between two growth steps
 HOLD_S = 30.0  # at a learned limit (at least five of its windows) before probing upward
 HOLD_WINDOWS = 5
-NARROW_SHARE = 0.02  # bounds of a quota this close together (of it) are close enough
 PROBE_UP_SHARE = 0.03  # of the quota, at least one request, above it when probing upward
 PROBE_UP_WINDOWS = 3  # an upward probe lasts at most this many windows
 FIRST_PROBE_SHARE = 1 / 60  # of the shortest standing window: the first gap between probes
@@ -152,10 +151,10 @@ class Pacer:
         self._limiter: AdjustableLimiter | None = None
         self._growing = auto and prior is None
         self._last_growth: float | None = None  # set by the first success
+        self._growth_window = 1.0  # seconds in which the rate grows by AUTO_GROWTH
         self._answered: list[float] = []  # answers that may still be in a guard's window
         self._answered_head = 0
         self._departures: list[float] = []  # tickets of the requests in flight, oldest first
-        self._sent: list[float] = []  # tickets not refused, for a counter reset on the clock
         self._round_trips: deque[float] = deque(maxlen=RTT_SAMPLES)
         self._fastest_round_trip = 0.0
         self._changed: anyio.Event | None = None
@@ -208,10 +207,13 @@ class Pacer:
 
     @property
     def waiting_until(self) -> float | None:
-        """Wall-clock time of the next probe while the server refuses; None when not paused."""
+        """While the server refuses, wall-clock time it is expected to admit again: when the
+        limit surely frees up, if a learned shape says, else the next probe. None otherwise."""
         if not self._paused:
             return None
-        return max(self._probe_at, self._clock()) + self.model.wall_offset
+        now = self._clock()
+        surely = self.model.surely_open(now)
+        return max(surely if surely is not None else self._probe_at, now) + self.model.wall_offset
 
     @property
     def in_flight(self) -> int:
@@ -261,7 +263,6 @@ class Pacer:
 
     def _take(self, ticket: float) -> float:
         self._departures.append(ticket)
-        self._sent.append(ticket)
         return ticket
 
     async def _wait_turn(self) -> float:
@@ -297,7 +298,6 @@ class Pacer:
 
     def _release(self, ticket: float) -> None:
         self._departures.remove(ticket)
-        self._unsend(ticket)
         if ticket == self._probe_ticket:
             self._probe_ticket = None
         self._wake_waiters()
@@ -307,33 +307,38 @@ class Pacer:
             self._changed.set()
             self._changed = None
 
-    def _guards(self) -> Iterator[tuple[int, float]]:
-        """(at most this many requests, in any this many seconds) that the pace must keep to."""
-        if self.ceiling is not None:
-            allowed = math.ceil(self.ceiling - 1e-9)
-            yield allowed, allowed / self.ceiling
-        binding = self.model.binding()
-        if binding is not None and not binding.fixed:
-            yield self._working_quota(binding)[0], binding.window
+    def _ceiling_window(self) -> float:
+        """The guard's window for --rate: ceil(rate) requests in ceil(rate) / rate seconds."""
+        assert self.ceiling is not None
+        return math.ceil(self.ceiling - 1e-9) / self.ceiling
 
     def _guard_wait(self, now: float) -> float:
         """Seconds until every window has room for one more request (0: room now)."""
         wait = 0.0
-        for allowed, window in self._guards():
-            wait = max(wait, self._sliding_wait(now, allowed, window + GUARD_SLACK_S))
+        if self.ceiling is not None:
+            # Every answer counts here, an error too: the server may have counted it.
+            window = self._ceiling_window()
+            allowed = math.ceil(self.ceiling - 1e-9)
+            answered, head = self._answered, self._answered_head
+            wait = self._sliding_wait(now, allowed, window + GUARD_SLACK_S, answered, head)
         binding = self.model.binding()
-        if binding is not None and binding.fixed:
-            quota = self._working_quota(binding)[0]
-            wait = max(wait, self._fixed_wait(now, quota, binding.window))
-        return wait
+        if binding is None:
+            return wait
+        # The learned limit counts what the server admitted, over as long as its window.
+        quota = self._working_quota(binding)[0]
+        answered, head = self.model.admissions()
+        if binding.fixed:
+            return max(wait, self._fixed_wait(now, quota, binding.window, answered, head))
+        window = binding.window + GUARD_SLACK_S
+        return max(wait, self._sliding_wait(now, quota, window, answered, head))
 
-    def _sliding_wait(self, now: float, allowed: int, window: float) -> float:
+    def _sliding_wait(
+        self, now: float, allowed: int, window: float, answered: list[float], head: int
+    ) -> float:
+        """Room for ``allowed`` in any ``window``: answers from ``head`` on, requests in flight."""
         # An answer stays in the window until `window` after the server may have counted it:
         # when it arrived, less the round trip every answer takes.
-        answered = self._answered
-        first = bisect.bisect_right(
-            answered, now - window + self._fastest_round_trip, self._answered_head
-        )
+        first = bisect.bisect_right(answered, now - window + self._fastest_round_trip, head)
         # A request still in flight may be counted any moment, but not later than
         # MAX_SERVER_DELAY after it left: one that hangs must not hold its place until timeout.
         in_flight = [
@@ -348,11 +353,14 @@ class Pacer:
         )
         return max(next(itertools.islice(leaving, excess, None)) - now, 1e-6)
 
-    def _fixed_wait(self, now: float, quota: int, window: float) -> float:
+    def _fixed_wait(
+        self, now: float, quota: int, window: float, answered: list[float], head: int
+    ) -> float:
         """A counter reset on the clock: wait for the next window once this one holds the quota."""
         offset = self.model.wall_offset
         start = math.floor((now + offset) / window) * window - offset
-        sent = len(self._sent) - bisect.bisect_left(self._sent, start)
+        sent = len(answered) - bisect.bisect_left(answered, start, head)
+        sent += sum(departed >= start for departed in self._departures)
         if sent < quota:
             return 0.0
         return start + window + min(FIXED_SLACK_S, FIXED_SLACK_SHARE * window) - now
@@ -379,7 +387,6 @@ class Pacer:
     def on_rate_limited(self, ticket: float, retry_after: float | None) -> None:
         """The server refused the request as too fast: pause everyone, probe, learn."""
         now = self._answer(ticket, counted=False)
-        self._unsend(ticket)
         self.model.refused(ticket, now, len(self._departures))
         self._probe_quota = None
         self._holding_since = None
@@ -401,14 +408,22 @@ class Pacer:
 
     def _next_probe(self, now: float) -> float:
         """When the one request that asks whether the server admits again goes out."""
-        at = self._last_probe + self._probe_gap
+        last = self._last_probe
+        at = last + self._probe_gap
         surely = self.model.surely_open(now)
-        if surely is not None:
+        if surely is not None and self.model.pinned():
+            # The limit is known: probe when it frees up, and meanwhile once a minute only.
+            at = min(surely, last + MAX_PROBE_GAP)
+        elif surely is not None:
             # No later than a standing shape says the server surely admits again; sooner if the
             # growing gap between probes comes first, since the limit may have changed to a
             # shape no longer standing.
             at = min(at, surely)
-        return max(at, self._retry_until, self._last_probe + MIN_PROBE_GAP)
+        binding = self.model.binding()
+        spacing = MIN_PROBE_GAP
+        if binding is not None:  # an hour's quota spent: no more than a probe a minute
+            spacing = max(spacing, min(MAX_PROBE_GAP, binding.window * FIRST_PROBE_SHARE))
+        return max(at, self._retry_until, last + spacing)
 
     def _end_pause(self, now: float) -> None:
         if not self._paused:
@@ -438,34 +453,25 @@ class Pacer:
     def _answer(self, ticket: float, *, counted: bool) -> float:
         now = self._clock()
         self._departures.remove(ticket)
-        if counted:
+        if counted and self.ceiling is not None:
             self._answered.append(now)
             self._trim_answered(now)
         self._wake_waiters()
         return now
 
-    def _unsend(self, ticket: float) -> None:
-        index = bisect.bisect_left(self._sent, ticket)
-        if index < len(self._sent) and self._sent[index] == ticket:
-            del self._sent[index]
-
     def _trim_answered(self, now: float) -> None:
-        """Forget answers older than every guard's window (and what the fixed counter needs)."""
-        longest = max((window for _, window in self._guards()), default=0.0)
-        binding = self.model.binding()
-        if binding is not None:
-            longest = max(longest, binding.window)
-        horizon = now - longest - GUARD_SLACK_S - MAX_SERVER_DELAY
+        """Forget answers older than the ceiling's guard window."""
+        if self.ceiling is None:
+            self._answered.clear()
+            self._answered_head = 0
+            return
+        horizon = now - self._ceiling_window() - GUARD_SLACK_S
         answered = self._answered
         head = bisect.bisect_right(answered, horizon, self._answered_head)
         if head > 1024 and head * 2 > len(answered):
             del answered[:head]
             head = 0
         self._answered_head = head
-        sent = self._sent
-        cut = bisect.bisect_right(sent, horizon)
-        if cut > 1024 and cut * 2 > len(sent):
-            del sent[:cut]
 
     def _note_round_trip(self, round_trip: float) -> None:
         trips = self._round_trips
@@ -485,7 +491,11 @@ class Pacer:
             self._probe_quota = None
             rate = self._grown(now)
         else:
-            self._growing = True  # if the limit is ever forgotten (it rose), grow to find it
+            # If the limit is ever forgotten (it rose), grow to find it again: by a quarter each
+            # of its windows, since the server only refuses once a whole window has filled.
+            self._growing = True
+            if self.model.pinned():
+                self._growth_window = binding.window
             self._probe_upward(now, binding.lo, binding.window)
             quota, filling = self._working_quota(binding)
             # Filling the window, the bucket lets exactly quota/window through.
@@ -507,7 +517,7 @@ class Pacer:
         if self._probe_quota is not None:
             return self._probe_quota, True
         assert binding.hi is not None  # a binding shape has been refused
-        if binding.hi > binding.lo + max(1, math.ceil(NARROW_SHARE * binding.lo)):
+        if not narrow(binding):
             return binding.hi, True
         return binding.lo, False
 
@@ -524,7 +534,7 @@ class Pacer:
         if elapsed < GROW_EVERY:
             return self.rate
         self._last_growth = now
-        grown = self.rate * math.pow(AUTO_GROWTH, elapsed)
+        grown = self.rate * math.pow(AUTO_GROWTH, elapsed / self._growth_window)
         if self.ceiling is None and grown > UNLIMITED_ABOVE:
             self._growing = False
             return None

@@ -10,7 +10,7 @@ from typing import Literal
 from urllib.parse import urlsplit
 
 from engine.errors import UsageError
-from engine.rates import UNIT_WORDS, Rate
+from engine.rates import UNIT_WORDS, Rate, per_second_text
 
 DEFAULT_BASE_URL = "https://in1-ccaas-api.ozonetel.com"
 DEFAULT_PATH = "/ca_apis/deleteBlockNumberGroup"
@@ -151,6 +151,14 @@ class RunSettings:
         if self.rate is not None:
             return str(Rate(self.rate * self.rate_per, self.rate_per))
         return "auto" if self.rate_auto else "0"
+
+    @property
+    def pace_shown(self) -> str:
+        """--rate as ``config show`` spells it: ``300/min (5/s)``, ``auto``, ``0 (no limit)``."""
+        if self.rate is None:
+            return "auto" if self.rate_auto else "0 (no limit)"
+        per_second = "" if self.rate_per == 1.0 else f" ({per_second_text(self.rate)})"
+        return self.pace_text + per_second
 
     @property
     def pace_words(self) -> str:

@@ -38,7 +38,7 @@ def test_config_precedence_flag_over_env_over_file_over_default(run_cli, sample_
     assert result.returncode == 0, result.output
     table = _settings_table(result.stdout)
     assert table["concurrency"] == ("7", "flag")
-    assert table["rate"] == ("4.0", "environment OZBULK_RATE")
+    assert table["rate"] == ("4", "environment OZBULK_RATE")
     assert table["batch-size"][0] == "50" and table["batch-size"][1].startswith("file")
     assert table["user"][0] == "from-file"
     assert table["max-attempts"] == ("8", "default")
