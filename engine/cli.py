@@ -70,7 +70,7 @@ def _rate(text: str) -> str:
     try:
         return str(parse_rate(text))
     except ValueError as error:
-        raise argparse.ArgumentTypeError(f"--rate: {error}; or 0 for no ceiling, or auto") from None
+        raise argparse.ArgumentTypeError(f"--rate {error}; or 0 for no ceiling, or auto") from None
 
 
 # The subparsers whose options may also come from the environment and a --config file.

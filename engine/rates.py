@@ -18,7 +18,7 @@ UNITS: dict[str, float] = {
     "h": 3600.0, "hr": 3600.0, "hour": 3600.0,
 }  # fmt: skip
 UNIT_WORDS = {1.0: "a second", 60.0: "a minute", 3600.0: "an hour"}
-_FORM = re.compile(r"\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*(?:/\s*([A-Za-z]+))?\s*")
+_FORM = re.compile(r"\s*([-+]?[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*(?:/\s*([A-Za-z]+))?\s*")
 HINT = "give requests per second (5), or with a unit: 5/s, 300/min, 18000/h"
 
 
@@ -31,11 +31,9 @@ class Rate:
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.count) and self.count > 0):
-            raise ValueError(f"a rate must be > 0 requests (got {self.count:g}); {HINT}")
+            raise ValueError(f"must be > 0 (got {self.count:g}); {HINT}")
         if self.per not in UNIT_WORDS:
-            raise ValueError(
-                f"a rate's unit must be a second, a minute or an hour (got {self.per}s)"
-            )
+            raise ValueError(f"must count per second, minute or hour (got per {self.per:g} s)")
 
     @property
     def per_second(self) -> float:
@@ -58,12 +56,15 @@ def per_second_text(per_second: float) -> str:
 
 
 def parse_rate(text: str) -> Rate:
-    """Read ``5``, ``5/s``, ``300/min``, ``300/m``, ``18000/h``; ValueError says how to fix it."""
+    """Read ``5``, ``5/s``, ``300/min``, ``300/m``, ``18000/h``; ValueError says how to fix it.
+
+    Its message reads on from the option's name: ``--rate must be > 0 (got -2); ...``.
+    """
     match = _FORM.fullmatch(text)
     if match is None:
         raise ValueError(f"cannot read {text!r} as a rate; {HINT}")
     number, unit = match.groups()
     per = 1.0 if unit is None else UNITS.get(unit.lower())
     if per is None:
-        raise ValueError(f"unknown unit {unit!r} in {text!r}; use s, min or h ({HINT})")
+        raise ValueError(f"has an unknown unit {unit!r} in {text!r}; {HINT}")
     return Rate(float(number), per)

@@ -159,7 +159,7 @@ def test_generate_mobile_numbers_are_distinct_seeded_indian_mobiles() -> None:
         ({"token_ttl": 0}, "use 3600"),
         ({"token_budget": 0}, "Ozonetel allows 10 an hour"),
         ({"rate_limit": 0}, "leave it unset for no limit"),
-        ({"rate_limit_style": "json"}, "must be http or body"),
+        ({"rate_limit_style": "json"}, "must be http, http-bare or body"),
         ({"fault_rate": 1.5}, "use 0.05"),
         ({"fault_kinds": ["http_418"]}, "choose from http_500"),
         ({"fault_rate": 0.1, "fault_kinds": []}, "name at least one kind"),

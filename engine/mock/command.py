@@ -185,7 +185,7 @@ def _rate(text: str) -> Rate:
     try:
         return parse_rate(text)
     except ValueError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
+        raise argparse.ArgumentTypeError(f"--rate-limit {error}") from None
 
 
 def _rate_change(text: str) -> tuple[float, Rate]:
