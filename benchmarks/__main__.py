@@ -14,8 +14,12 @@ from pathlib import Path
 
 from benchmarks import suite
 from benchmarks.harness import ROOT, load_text, machine, machine_line
-from benchmarks.output import markdown, write_json, write_plots
-from benchmarks.suite import BENCHMARKS, Context, Result
+from benchmarks.limits import limits, plot_limits
+from benchmarks.output import PLOTS, markdown, write_json, write_plots
+from benchmarks.suite import Context, Result
+
+BENCHMARKS = {**suite.BENCHMARKS, "limits": limits}
+PLOTS["limits"] = plot_limits
 
 DEFAULT_OUT = ROOT / "bench_results"
 PUBLISHED = Path(__file__).resolve().parent / "RESULTS.md"

@@ -421,8 +421,12 @@ class Pacer:
             at = min(at, surely)
         binding = self.model.binding()
         spacing = MIN_PROBE_GAP
-        if binding is not None:  # an hour's quota spent: no more than a probe a minute
+        if binding is not None:
             spacing = max(spacing, min(MAX_PROBE_GAP, binding.window * FIRST_PROBE_SHARE))
+        if now - self._paused_since >= MAX_PROBE_GAP:
+            # Refused for a minute: no window of a minute or less is the limit. An hour's quota
+            # spent costs no more than a probe a minute until it resets.
+            spacing = MAX_PROBE_GAP
         return max(at, self._retry_until, last + spacing)
 
     def _end_pause(self, now: float) -> None:
