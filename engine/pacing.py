@@ -441,7 +441,9 @@ class Pacer:
 
     def _announce_pause(self, now: float) -> None:
         """Log a pause with its reason and length; again only when its end moves a lot."""
-        until = self._probe_at
+        wall_until = self.waiting_until
+        assert wall_until is not None  # paused
+        until = wall_until - self.model.wall_offset
         length = until - now
         if abs(until - self._announced_until) <= max(5.0, 0.1 * length):
             return
@@ -449,7 +451,9 @@ class Pacer:
         reason = "server limit reached" + (
             f" (about {limit.describe()})" if limit is not None and limit.learned_at else ""
         )
-        wall = time.strftime("%H:%M:%S", time.localtime(until + self.model.wall_offset))
+        if self._retry_until > now:
+            reason += f", Retry-After {duration_words(self._retry_until - now)}"
+        wall = time.strftime("%H:%M:%S", time.localtime(wall_until))
         level = logging.INFO if length >= ANNOUNCE_PAUSE_S else logging.DEBUG
         log.log(level, "%s: waiting until %s (about %s)", reason, wall, duration_words(length))
         self._announced_until = until if level == logging.INFO else 0.0

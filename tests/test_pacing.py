@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import math
 import random
 import subprocess
@@ -494,3 +495,23 @@ def test_cli_auto_rate_finds_the_servers_rate(fake_api, sample_csv) -> None:
     run = run_against_limit(fake_api, sample_csv, "auto", 15.0, style="body", limit=30)
     assert 0.6 * 30 <= run.admitted_rate(10, 15) <= 30, run.samples
     assert run.refused <= 0.05 * run.requests, run.samples
+
+
+def test_a_long_pause_is_honoured_and_logged_with_its_reason_and_end(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A Retry-After of a day is waited out whole, and the log says why and until when."""
+    pacer = Pacer(10)
+
+    async def main() -> float:
+        pacer.on_rate_limited(pacer.unpaced(), 86_400.0)
+        start = now()
+        ticket = await pacer.acquire()
+        assert ticket is not None
+        return ticket - start
+
+    with caplog.at_level(logging.INFO, logger="engine.pacing"):
+        waited = run_virtual(main)
+    assert waited == pytest.approx(86_400.0, abs=0.1)
+    assert "server limit reached, Retry-After 24 h 00 min: waiting until" in caplog.text
+    assert "(about 24 h 00 min)" in caplog.text
