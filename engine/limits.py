@@ -36,6 +36,7 @@ from __future__ import annotations
 import bisect
 import math
 import time
+from array import array
 from collections import deque
 from dataclasses import dataclass
 from typing import Any
@@ -154,8 +155,9 @@ class LimitModel:
     def __init__(self, *, wall_offset: float | None = None, prior: Limit | None = None) -> None:
         self.wall_offset = time.time() - time.monotonic() if wall_offset is None else wall_offset
         self.hypotheses = [Hypothesis(w, fixed) for w in WINDOWS for fixed in (False, True)]
-        self._departed: list[float] = []
-        self._answered: list[float] = []  # sorted: appended as answers arrive
+        # Machine arrays: 8 bytes an admission, where lists of floats would take 32.
+        self._departed = array("d")
+        self._answered = array("d")  # sorted: appended as answers arrive
         self._head = 0  # entries before it were dropped
         self._appended = 0  # admissions ever appended
         self._applied = 0  # admissions whose lower bounds are applied to the hypotheses
@@ -351,7 +353,7 @@ class LimitModel:
         # The oldest (count - quota + 1) must leave; each leaves a window after its answer.
         return self._answered[first + count - quota] + hypothesis.window + 1e-6
 
-    def admissions(self) -> tuple[list[float], int]:
+    def admissions(self) -> tuple[array[float], int]:
         """The answer times of the admissions kept, oldest first from the index given; read-only."""
         return self._answered, self._head
 

@@ -49,7 +49,7 @@ import logging
 import math
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import anyio
 from aiolimiter import AsyncLimiter
@@ -319,21 +319,22 @@ class Pacer:
             # Every answer counts here, an error too: the server may have counted it.
             window = self._ceiling_window()
             allowed = math.ceil(self.ceiling - 1e-9)
-            answered, head = self._answered, self._answered_head
-            wait = self._sliding_wait(now, allowed, window + GUARD_SLACK_S, answered, head)
+            wait = self._sliding_wait(
+                now, allowed, window + GUARD_SLACK_S, self._answered, self._answered_head
+            )
         binding = self.model.binding()
         if binding is None:
             return wait
         # The learned limit counts what the server admitted, over as long as its window.
         quota = self._working_quota(binding)[0]
-        answered, head = self.model.admissions()
+        admitted, head = self.model.admissions()
         if binding.fixed:
-            return max(wait, self._fixed_wait(now, quota, binding.window, answered, head))
+            return max(wait, self._fixed_wait(now, quota, binding.window, admitted, head))
         window = binding.window + GUARD_SLACK_S
-        return max(wait, self._sliding_wait(now, quota, window, answered, head))
+        return max(wait, self._sliding_wait(now, quota, window, admitted, head))
 
     def _sliding_wait(
-        self, now: float, allowed: int, window: float, answered: list[float], head: int
+        self, now: float, allowed: int, window: float, answered: Sequence[float], head: int
     ) -> float:
         """Room for ``allowed`` in any ``window``: answers from ``head`` on, requests in flight."""
         # An answer stays in the window until `window` after the server may have counted it:
@@ -354,7 +355,7 @@ class Pacer:
         return max(next(itertools.islice(leaving, excess, None)) - now, 1e-6)
 
     def _fixed_wait(
-        self, now: float, quota: int, window: float, answered: list[float], head: int
+        self, now: float, quota: int, window: float, answered: Sequence[float], head: int
     ) -> float:
         """A counter reset on the clock: wait for the next window once this one holds the quota."""
         offset = self.model.wall_offset
@@ -375,7 +376,8 @@ class Pacer:
         if ticket == self._probe_ticket:
             self._probe_ticket = None
             self._end_pause(now)
-        self._retarget(now)
+        if self._growing or self.model.refusals:  # otherwise the pace is the ceiling, as set
+            self._retarget(now)
 
     def on_other(self, ticket: float) -> None:
         """Any other outcome (an error answer, no answer): the server may have counted it."""
