@@ -94,6 +94,7 @@ class Outcome:
     scenario: Scenario
     samples: list[tuple[float, int, int]] = field(default_factory=list)  # (s, requests, refused)
     learned_s: float | None = None
+    learned: str | None = None  # the limit as ozbulk logged it
     log: list[tuple[float, str]] = field(default_factory=list)
     returncode: int | None = None
 
@@ -133,6 +134,7 @@ class Outcome:
             "refused_share": refused / requests if requests else 0.0,
             "of_allowed": self.admitted(end) / case.allowed(0, end) if end else 0.0,
             "learned_s": self.learned_s,
+            "learned": self.learned,
         }
         # From the first refusal of the current limit (after a change, of the new one).
         refused_first = self.first_refusal(case.change[0] if case.change else 0.0)
@@ -197,7 +199,9 @@ def _run(case: Scenario, source: Path, folder: Path, outcome: Outcome) -> None:
                 moment = time.monotonic() - started
                 outcome.log.append((moment, line.rstrip()))
                 if "server limit ≈" in line:
-                    outcome.learned_s = moment  # the last one: a changed limit is learned anew
+                    # The last one: a changed limit is learned anew.
+                    outcome.learned_s = moment
+                    outcome.learned = line.split("server limit ≈", 1)[1].split(";")[0].strip()
 
         reader = threading.Thread(target=read_log, daemon=True)
         reader.start()
@@ -258,6 +262,7 @@ def limits(ctx: Context) -> Result:
             f"({measured['refused_share']:.1%})"
             + (f", {per_window:.2f} refusals a window after" if per_window is not None else "")
             + (f", learned {learning:.0f} s after the first refusal" if learning else "")
+            + (f": {measured['learned']}" if measured["learned"] else "")
         )
         if case.limit == "2000/h":
             used = outcome.admitted(measured["seconds"])

@@ -258,21 +258,30 @@ class LimitModel:
     def _surely_before(
         self, hypothesis: Hypothesis, departed: float, answered: float, slack: float, index: int
     ) -> int:
-        """Answers the server surely counted in this shape's window before this request.
+        """Admissions the server surely counted in this shape's window before this request.
 
-        The server counted the request at some moment between ``departed`` and ``answered``,
-        and every other request no earlier than ``slack`` (a round trip) before its answer. An
-        earlier answer is surely inside the window when even the window that starts latest
-        (the one counting at ``answered``) holds it.
+        The server counts each request at some moment between when it left and when it was
+        answered. Another admission was surely counted before this one if it was answered before
+        this one left, and surely inside the window if it left after the latest moment the
+        window can start (the start of the window counting at this request's answer).
         """
         if hypothesis.fixed and self._window_start(hypothesis, departed) != self._window_start(
             hypothesis, answered
         ):
             return 0  # counted in either of two windows: nothing is sure
-        start = self._window_start(hypothesis, answered) + slack
-        first = bisect.bisect_right(self._answered, start, self._head, index)
-        last = bisect.bisect_left(self._answered, departed, self._head, index)
-        return max(0, last - first)
+        start = self._window_start(hypothesis, answered)
+        answers, departures = self._answered, self._departed
+        first = bisect.bisect_right(answers, start, self._head, index)
+        last = bisect.bisect_left(answers, departed, self._head, index)
+        count = last - first
+        # Answered inside the window but left before it began: not sure. Only a round trip's
+        # worth (``slack``, the slowest lately) of answers can have left that early.
+        for position in range(first, last):
+            if answers[position] > start + slack:
+                break
+            if departures[position] <= start:
+                count -= 1
+        return max(0, count)
 
     def _possibly_before(self, hypothesis: Hypothesis, departed: float, answered: float) -> int:
         """Admitted answers the server can have counted in this shape's window before this one."""
