@@ -31,7 +31,7 @@ from engine.errors import (
     ServerError,
     TransportError,
 )
-from engine.logs import REDACTOR
+from engine.redact import REDACTOR
 from engine.settings import Secret
 
 # Refresh this long before expiry (at most; a tenth of a short lifetime), so no request carries
@@ -43,6 +43,9 @@ HOUR = 3600.0
 # need a token meanwhile get the failure at once and back off on their own.
 RETRY_BASE = 1.0
 RETRY_CAP = 30.0
+# Generate Token failing this many times in a row (HTML, broken JSON, 5xx, no answer; about 30 s
+# of backoff) stops the run: every chunk would otherwise fail for want of a token.
+TOKEN_FAILURES_MAX = 6
 RATE_MESSAGES = ("max limit exceeded", "rate limit", "too many requests")
 
 PostJson = Callable[[str, dict[str, str], bytes], Awaitable[tuple[int, bytes]]]
@@ -59,6 +62,10 @@ class Auth(Protocol):
     def accepted(self, generation: int) -> None: ...
 
     async def token_rejected(self, generation: int) -> None: ...
+
+    def retry_in(self) -> float | None:
+        """After :meth:`headers` failed: seconds until it may try again, or None to give up."""
+        ...
 
     def issued_at(self) -> list[float]: ...
 
@@ -79,6 +86,9 @@ class ApiKeyAuth:
 
     def accepted(self, generation: int) -> None:
         pass
+
+    def retry_in(self) -> float | None:
+        return None  # the key never fails to be there
 
     async def token_rejected(self, generation: int) -> None:
         raise AuthError(
@@ -125,6 +135,7 @@ class TokenAuth:
         self._failures = 0
         self._failures_in_a_row = 0
         self._last_failure: RetryableApiError | None = None
+        self._gave_up: AuthError | None = None
         self._retry_at = -math.inf
         self._current_accepted = False
         self._refused_unaccepted = 0
@@ -155,6 +166,11 @@ class TokenAuth:
             raise
         return self._headers
 
+    def retry_in(self) -> float | None:
+        if self._gave_up is not None or self._last_failure is None:
+            return None
+        return max(0.0, self._retry_at - self._clock())
+
     def accepted(self, generation: int) -> None:
         if generation == self.generation:
             self._current_accepted = True
@@ -179,6 +195,8 @@ class TokenAuth:
         async with self._lock:
             if self.generation != stale_generation:
                 return  # another worker refreshed while this one waited for the lock
+            if self._gave_up is not None:
+                raise AuthError(str(self._gave_up))
             last = self._last_failure
             if last is not None and (
                 self._failures != failures_seen or self._clock() < self._retry_at
@@ -205,6 +223,14 @@ class TokenAuth:
                 if isinstance(error, RateLimited) and error.retry_after:
                     wait = max(wait, error.retry_after)
                 self._retry_at = self._clock() + wait
+                if self._failures_in_a_row >= TOKEN_FAILURES_MAX:
+                    self._gave_up = AuthError(
+                        f"stopped: Generate Token failed {self._failures_in_a_row} times in a "
+                        f"row, the last with: {error}. No request can be sent without a token. "
+                        "Nothing is lost: re-run the same command to resume once the token "
+                        "endpoint answers (check --base-url and that the account uses TOKEN_AUTH)"
+                    )
+                    raise AuthError(str(self._gave_up)) from None
                 raise
             now = self._clock()
             self._issued.append(now)

@@ -297,7 +297,9 @@ class Collector:
             totals.error += len(verdict.error)
             totals.deleted += verdict.deleted
             why = ""
-            if chunk.in_doubt:
+            if result.doubt:
+                why = result.doubt
+            elif chunk.in_doubt:
                 why = RESENT_AFTER_FAILURE if failed_before else RESENT_AFTER_INTERRUPTION
             record = ChunkRecord(
                 chunk.id, DONE, len(chunk.numbers), verdict.success, len(verdict.error),

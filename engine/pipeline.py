@@ -41,6 +41,7 @@ from engine.errors import CheckpointWriteError, OzbulkError
 from engine.numbers import Normalizer, formatter
 from engine.pacing import Pacer
 from engine.producer_process import ProducerInProcess, ProducerProcess, Selection
+from engine.redact import REDACTOR
 from engine.report import default_report_dir, write_report
 from engine.settings import RunSettings
 from engine.workers import ChunkResult, LiveStats, WorkerContext, worker
@@ -99,7 +100,7 @@ def display_settings(settings: RunSettings) -> dict[str, Any]:
     """The settings `ozbulk status` shows; no secret among them."""
     return {
         "host": settings.host,
-        "base_url": settings.base_url,
+        "base_url": settings.base_url_shown,
         "path": settings.path,
         "auth": settings.auth,
         "rate": "auto" if settings.rate_auto else settings.rate,
@@ -362,6 +363,7 @@ async def delete(
             summary["stopped_by"] = str(error)
         elif stop.requests:
             summary["stopped_by"] = stop.reason
+        summary = REDACTOR.scrub_value(summary)  # printed, written as JSON, returned to callers
         report_dir = settings.report_dir or default_report_dir(settings.checkpoint)
         try:
             write_report(checkpoint, summary, report_dir)
