@@ -167,6 +167,11 @@ class RunSettings:
                 "key would cross the network unencrypted; use https, or pass "
                 "--allow-insecure-http if you really mean it"
             )
+        if parts.password is not None and self.auth == "token":
+            _fail(
+                "--base-url carries a user:password, which is sent as an Authorization header, "
+                "and --auth token sends its token in that same header; drop one of them"
+            )
         if not self.path.startswith("/"):
             _fail(f"--path must start with / (got {self.path!r})")
         if self.rate is not None and not (self.rate > 0 and math.isfinite(self.rate)):
