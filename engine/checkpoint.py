@@ -466,11 +466,13 @@ class Checkpoint:
             "COALESCE(SUM(CASE WHEN state='done' THEN sent END), 0), "
             "COALESCE(SUM(success), 0), COALESCE(SUM(error), 0), COALESCE(SUM(deleted), 0), "
             "COALESCE(SUM(CASE WHEN state='failed' THEN sent END), 0), "
-            "COALESCE(SUM(in_doubt), 0) FROM chunks"
+            "COALESCE(SUM(in_doubt), 0), "
+            "COALESCE(SUM(CASE WHEN state='done' AND in_doubt=1 THEN sent-deleted-error END), 0) "
+            "FROM chunks"
         ).fetchone()
         keys = (
             "chunks_finished", "chunks_done", "chunks_failed", "sent", "success", "error",
-            "deleted", "failed_numbers", "in_doubt_chunks",
+            "deleted", "failed_numbers", "in_doubt_chunks", "probably_deleted_earlier",
         )  # fmt: skip
         return dict(zip(keys, (int(value) for value in row), strict=True))
 

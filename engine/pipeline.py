@@ -281,6 +281,7 @@ class Run:
             "not_found": not_found,
             "failed_numbers": totals.failed_numbers,
             "in_doubt_chunks": totals.in_doubt_chunks,
+            "probably_deleted_earlier": totals.probably_deleted_earlier,
             "requests": counters["requests"],
             "retries": counters["retries"],
             "rate_limited": counters["rate_limited"],

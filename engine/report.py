@@ -62,6 +62,8 @@ def summary_from_checkpoint(checkpoint: Checkpoint) -> dict[str, Any]:
         "not_found": sums["sent"] - sums["deleted"] - sums["error"],
         "failed_numbers": sums["failed_numbers"],
         "in_doubt_chunks": sums["in_doubt_chunks"],
+        # Part of not_found: numbers of chunks in doubt, probably deleted by an earlier attempt.
+        "probably_deleted_earlier": sums["probably_deleted_earlier"],
         "requests": counters.get("requests", 0),
         "retries": counters.get("retries", 0),
         "rate_limited": counters.get("rate_limited", 0),

@@ -438,6 +438,7 @@ def test_re_sends_inside_one_pass_are_counted_and_in_doubt(
     doubtful = read_csv(tmp_path / "report" / "in_doubt.csv")
     assert summary["in_doubt_chunks"] == len(doubtful) == len(dropped) > 0
     assert sum(int(row["not_found"]) for row in doubtful) == summary["not_found"] > 0
+    assert summary["probably_deleted_earlier"] == summary["not_found"]
     assert all("this pass that may have been applied" in row["reason"] for row in doubtful)
 
 
