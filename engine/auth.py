@@ -16,6 +16,7 @@ stops the run too.
 from __future__ import annotations
 
 import math
+import re
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
@@ -31,7 +32,7 @@ from engine.errors import (
     ServerError,
     TransportError,
 )
-from engine.redact import REDACTOR
+from engine.redact import REDACTOR, snippet
 from engine.settings import Secret
 
 # Refresh this long before expiry (at most; a tenth of a short lifetime), so no request carries
@@ -47,6 +48,11 @@ RETRY_CAP = 30.0
 # of backoff) stops the run: every chunk would otherwise fail for want of a token.
 TOKEN_FAILURES_MAX = 6
 RATE_MESSAGES = ("max limit exceeded", "rate limit", "too many requests")
+
+# What a server's message may show of itself in an error, masked and cut (see engine.redact).
+MESSAGE_CHARS = 200
+# A bearer token is printable ASCII without spaces (RFC 6750's b64token, and then some).
+_SENDABLE_TOKEN = re.compile(r"[!-~]+")
 
 PostJson = Callable[[str, dict[str, str], bytes], Awaitable[tuple[int, bytes]]]
 
@@ -278,10 +284,17 @@ def _token_from(status: int, body: bytes) -> str:
     if isinstance(answer, dict):
         token = answer.get("token")
         if isinstance(token, str) and token:
+            if not _SENDABLE_TOKEN.fullmatch(token):
+                raise ServerError(
+                    "Generate Token answered a token that cannot go into a header (spaces, "
+                    "control characters or non-ASCII)",
+                    http_status=status,
+                )
             return token
-        message = str(answer.get("message") or answer.get("status") or "no token in the answer")
+        text = str(answer.get("message") or answer.get("status") or "no token in the answer")
+        message = snippet(text.encode(), MESSAGE_CHARS)
     else:
-        message = f"HTTP {status} with a body that is not JSON"
+        message = f"HTTP {status} with a body that is not JSON: {snippet(body, MESSAGE_CHARS)}"
     lowered = message.lower()
     if status == 429 or any(text in lowered for text in RATE_MESSAGES):
         raise RateLimited(f"Generate Token rate limited: {message}", http_status=status)
