@@ -52,6 +52,8 @@ from engine.settings import RunSettings
 
 # HTML pages and stack traces can be long; an error message keeps only their start.
 SNIPPET = 120
+# Shorter than the idle timeout of most servers (see open_session).
+KEEPALIVE_S = 4.0
 # The server's own ``message`` is quoted in errors; a long one is cut like a snippet.
 MESSAGE_CHARS = 200
 TOKEN_MESSAGES = ("token expired", "invalid token", "token should not be null")
@@ -370,7 +372,12 @@ class OzonetelClient:
             sock_connect=settings.connect_timeout,
             sock_read=settings.read_timeout,
         )
-        connector = aiohttp.TCPConnector(limit=settings.concurrency + 1, ttl_dns_cache=300)
+        # Idle connections are closed after KEEPALIVE_S, before most servers close them (5 s is
+        # a common server default): a request sent just as the server closes its end fails,
+        # and without aiohttp's silent re-send (below) that costs a retry and a chunk in doubt.
+        connector = aiohttp.TCPConnector(
+            limit=settings.concurrency + 1, ttl_dns_cache=300, keepalive_timeout=KEEPALIVE_S
+        )
         session = aiohttp.ClientSession(
             connector=connector,
             timeout=timeout,

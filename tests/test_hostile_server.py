@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import orjson
 import pytest
 from aiohttp import web
@@ -182,7 +183,31 @@ def test_a_cap_below_a_kilobyte_is_refused() -> None:
         settings_for("http://127.0.0.1:1", max_response_bytes=10)
 
 
+async def test_a_token_answer_larger_than_the_cap_is_a_server_error() -> None:
+    """The cap holds for Generate Token too: an endless token answer is a ServerError."""
+
+    async def endless(request: web.Request, server: HostileServer) -> web.StreamResponse:
+        return await stream(request, total=None)
+
+    with HostileServer(token=endless) as server:
+        run = settings_for(server.url, auth="token")
+        async with OzonetelClient.open_session(run) as session:
+            client = OzonetelClient(run, session)
+            with pytest.raises(ServerError, match="Generate Token is larger"):
+                await client.auth.headers()
+
+
 # -- no silent re-send ------------------------------------------------------------------------
+
+
+async def test_idle_connections_are_closed_before_a_server_would_close_them() -> None:
+    """Without aiohttp's re-send, a server closing an idle connection under a request costs a
+    retry: ozbulk lets go of idle connections first (most servers keep them 5 s or more)."""
+    async with OzonetelClient.open_session(settings_for("http://127.0.0.1:1")) as session:
+        connector = session.connector
+        assert isinstance(connector, aiohttp.TCPConnector)
+        assert connector._keepalive_timeout is not None and connector._keepalive_timeout < 5
+        assert session._retry_connection is False
 
 
 async def test_a_dropped_connection_is_not_re_sent_behind_the_workers_back() -> None:
