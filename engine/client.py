@@ -290,7 +290,9 @@ def translate_transport_error(error: BaseException, url: str) -> ApiError:
     if isinstance(error, aiohttp.InvalidURL | aiohttp.NonHttpUrlClientError):
         return FatalApiError(f"invalid URL {url}; check --base-url and --path")
     if isinstance(error, aiohttp.ClientSSLError | ssl.SSLError):
-        return TransportError(f"TLS error talking to {url}: {name}")
+        # A handshake that failed sent nothing; an error later in the stream may have.
+        handshake = isinstance(error, aiohttp.ClientConnectorError)
+        return TransportError(f"TLS error talking to {url}: {name}", may_have_applied=not handshake)
     if isinstance(error, aiohttp.ConnectionTimeoutError):
         return TransportError(
             f"could not connect to {url} in time (--connect-timeout)", may_have_applied=False

@@ -434,6 +434,22 @@ def test_translate_maps_each_failure_without_quoting_secrets(
     assert TOKEN not in message
 
 
+@pytest.mark.parametrize(
+    "error",
+    [error for error, _ in TRANSPORT_CASES.values()],
+    ids=[c.__name__ for c in TRANSPORT_CASES],
+)
+def test_only_a_failure_to_connect_cannot_have_been_applied(error: BaseException) -> None:
+    """Refused, unresolved, timed out connecting: nothing reached the server, no doubt. Any
+    failure after that (reset, read timeout, cut short) may follow a deletion: in doubt."""
+    translated = translate_transport_error(error, URL_DELETE)
+    if isinstance(translated, TransportError):
+        connecting = isinstance(
+            error, aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError
+        )
+        assert translated.may_have_applied is not connecting
+
+
 def test_translate_refuses_what_is_not_a_transport_error() -> None:
     """A programming error is not disguised as a network failure."""
     with pytest.raises(TypeError, match="ValueError"):
