@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import csv
+import gzip
 import json
 import subprocess
 import sys
@@ -162,6 +163,19 @@ async def test_an_answer_larger_than_the_cap_is_a_server_error(total: int | None
             await delete_once(server)
         assert time.monotonic() - started < 5
     assert caught.value.may_have_applied
+
+
+async def test_the_cap_counts_bytes_after_decompression() -> None:
+    """A 50 KB gzip body that inflates to 50 MB (a "zip bomb") meets the cap while inflating."""
+    bomb = gzip.compress(b"0" * (50 << 20), compresslevel=9)
+    assert len(bomb) < 100_000
+
+    async def inflating(request: web.Request, server: HostileServer) -> web.StreamResponse:
+        return web.Response(body=bomb, headers={"Content-Encoding": "gzip",
+                                                "Content-Type": "application/json"})  # fmt: skip
+
+    with HostileServer(delete=inflating) as server, pytest.raises(ServerError, match="max-resp"):
+        await delete_once(server)
 
 
 async def test_the_cap_is_a_setting() -> None:
