@@ -229,7 +229,9 @@ class TokenAuth:
                 if isinstance(error, RateLimited) and error.retry_after:
                     wait = max(wait, error.retry_after)
                 self._retry_at = self._clock() + wait
-                if self._failures_in_a_row >= TOKEN_FAILURES_MAX:
+                # While the old token lives, requests go on with it: no reason to stop yet.
+                usable = self._token is not None and self._clock() < self._expires_at
+                if self._failures_in_a_row >= TOKEN_FAILURES_MAX and not usable:
                     self._gave_up = AuthError(
                         f"stopped: Generate Token failed {self._failures_in_a_row} times in a "
                         f"row, the last with: {error}. No request can be sent without a token. "

@@ -437,3 +437,19 @@ async def test_a_token_that_cannot_go_into_a_header_is_a_server_error() -> None:
     endpoint = FakeTokenEndpoint(script=[(200, {"token": "abc\r\nX-Evil: 1"})])
     with pytest.raises(ServerError, match="cannot go into a header"):
         await make_auth(endpoint, FakeClock()).headers()
+
+
+async def test_an_early_refresh_failing_again_and_again_stops_only_once_the_token_is_dead() -> None:
+    """Failures of the refresh before expiry: the valid token serves on; the run stops only when
+    it has expired and Generate Token still fails."""
+    endpoint, clock = FakeTokenEndpoint(), FakeClock()
+    auth = make_auth(endpoint, clock, ttl=1000.0)  # refreshed 100 s before expiry
+    await auth.headers()
+    endpoint.script.extend([(200, b"<html>")] * 20)
+    clock.now += 901
+    for _ in range(auth_module.TOKEN_FAILURES_MAX + 2):
+        assert (await auth.headers())["Authorization"] == "Bearer token-1"
+        clock.now += auth.retry_in() or 0
+    clock.now += 100  # dead now
+    with pytest.raises(AuthError, match="times in a row"):
+        await auth.headers()
