@@ -99,9 +99,10 @@ def snippet(raw: bytes, length: int) -> str:
     Masking first over a window that also holds the longest secret: a cut made first could
     leave the first half of a secret that no longer matches anything.
     """
-    window = raw[: length + REDACTOR.longest].decode("utf-8", errors="replace")
+    cut = length + REDACTOR.longest
+    window = raw[:cut].decode("utf-8", errors="replace")
     text = " ".join(REDACTOR.scrub(window).split())
-    return text[:length] + ("…" if len(text) > length or len(raw) > len(window) else "")
+    return text[:length] + ("…" if len(text) > length or len(raw) > cut else "")
 
 
 class RedactingStream:
