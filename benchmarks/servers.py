@@ -2,9 +2,10 @@
 
 ``python -m benchmarks.servers raw``
     The fastest fake we can run: a bare ``asyncio.Protocol`` that reads a request's head and body
-    and answers one precomputed success verdict (HTTP/1.1 keep-alive, no parsing beyond
-    ``Content-Length``). The body has the size and shape of a real answer to a 100-number
-    delete (``input`` echo, 100 ``success`` entries), so the client pays a realistic JSON parse.
+    and answers a success verdict (HTTP/1.1 keep-alive, no HTTP parsing beyond
+    ``Content-Length``). The verdict names the request's own numbers (``input`` echo, one
+    ``success`` entry per number), as a real server does: ozbulk checks every verdict against its
+    request and would refuse a canned one. The client pays a realistic JSON parse.
     ``--latency-ms`` delays each answer on a timer; ``--fail-after N`` answers "Invalid group id"
     (a verdict no retry can fix, so ``ozbulk`` stops at once with its checkpoint committed) from
     the N+1-th request on, which is how the resume benchmark gets a run stopped half-way.
@@ -49,6 +50,27 @@ SUCCESS_BODY = orjson.dumps(
 INVALID_GROUP_BODY = orjson.dumps({"status": "error", "message": "Invalid group id"})
 
 
+def success_for(request_body: bytes) -> bytes:
+    """The success verdict of a delete: every number sent, in the server's ``+`` form, deleted."""
+    try:
+        request = orjson.loads(request_body)
+    except orjson.JSONDecodeError:
+        request = None
+    numbers = request.get("blockNumbers", []) if isinstance(request, dict) else []
+    return orjson.dumps(
+        {
+            "status": "success",
+            "message": "deleted",
+            "input": {"id": 1, "blockNumbers": numbers},
+            "output": {
+                "success": [f"+{number}" for number in numbers],
+                "error": [],
+                "deleted": len(numbers),
+            },
+        }
+    )
+
+
 def _response(body: bytes) -> bytes:
     head = (
         "HTTP/1.1 200 OK\r\n"
@@ -89,14 +111,13 @@ class RawServer:
         self.latency_s = latency_ms / 1000
         self.fail_after = fail_after
         self.answered = 0
-        self.success = _response(SUCCESS_BODY)
         self.invalid_group = _response(INVALID_GROUP_BODY)
 
-    def answer(self, transport: asyncio.Transport) -> None:
+    def answer(self, transport: asyncio.Transport, body: bytes) -> None:
         self.answered += 1
         failing = self.fail_after is not None and self.answered > self.fail_after
         self.log.arrived(time.monotonic(), 200)
-        response = self.invalid_group if failing else self.success
+        response = self.invalid_group if failing else _response(success_for(body))
         if self.latency_s:
             asyncio.get_running_loop().call_later(self.latency_s, _write, transport, response)
         else:
@@ -128,9 +149,10 @@ class _Connection(asyncio.Protocol):
             total = end + 4 + _content_length(bytes(buffer[:end]))
             if len(buffer) < total:
                 return
+            body = bytes(buffer[end + 4 : total])
             del buffer[:total]
             assert self.transport is not None
-            self.server.answer(self.transport)
+            self.server.answer(self.transport, body)
 
 
 def _content_length(head: bytes) -> int:

@@ -16,6 +16,7 @@ stops the run too.
 from __future__ import annotations
 
 import math
+import re
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
@@ -31,7 +32,7 @@ from engine.errors import (
     ServerError,
     TransportError,
 )
-from engine.logs import REDACTOR
+from engine.redact import REDACTOR, snippet
 from engine.settings import Secret
 
 # Refresh this long before expiry (at most; a tenth of a short lifetime), so no request carries
@@ -43,7 +44,15 @@ HOUR = 3600.0
 # need a token meanwhile get the failure at once and back off on their own.
 RETRY_BASE = 1.0
 RETRY_CAP = 30.0
+# Generate Token failing this many times in a row (HTML, broken JSON, 5xx, no answer; about 30 s
+# of backoff) stops the run: every chunk would otherwise fail for want of a token.
+TOKEN_FAILURES_MAX = 6
 RATE_MESSAGES = ("max limit exceeded", "rate limit", "too many requests")
+
+# What a server's message may show of itself in an error, masked and cut (see engine.redact).
+MESSAGE_CHARS = 200
+# A bearer token is printable ASCII without spaces (RFC 6750's b64token, and then some).
+_SENDABLE_TOKEN = re.compile(r"[!-~]+")
 
 PostJson = Callable[[str, dict[str, str], bytes], Awaitable[tuple[int, bytes]]]
 
@@ -59,6 +68,10 @@ class Auth(Protocol):
     def accepted(self, generation: int) -> None: ...
 
     async def token_rejected(self, generation: int) -> None: ...
+
+    def retry_in(self) -> float | None:
+        """After :meth:`headers` failed: seconds until it may try again, or None to give up."""
+        ...
 
     def issued_at(self) -> list[float]: ...
 
@@ -79,6 +92,9 @@ class ApiKeyAuth:
 
     def accepted(self, generation: int) -> None:
         pass
+
+    def retry_in(self) -> float | None:
+        return None  # the key never fails to be there
 
     async def token_rejected(self, generation: int) -> None:
         raise AuthError(
@@ -125,6 +141,7 @@ class TokenAuth:
         self._failures = 0
         self._failures_in_a_row = 0
         self._last_failure: RetryableApiError | None = None
+        self._gave_up: AuthError | None = None
         self._retry_at = -math.inf
         self._current_accepted = False
         self._refused_unaccepted = 0
@@ -155,6 +172,11 @@ class TokenAuth:
             raise
         return self._headers
 
+    def retry_in(self) -> float | None:
+        if self._gave_up is not None or self._last_failure is None:
+            return None
+        return max(0.0, self._retry_at - self._clock())
+
     def accepted(self, generation: int) -> None:
         if generation == self.generation:
             self._current_accepted = True
@@ -179,6 +201,8 @@ class TokenAuth:
         async with self._lock:
             if self.generation != stale_generation:
                 return  # another worker refreshed while this one waited for the lock
+            if self._gave_up is not None:
+                raise AuthError(str(self._gave_up))
             last = self._last_failure
             if last is not None and (
                 self._failures != failures_seen or self._clock() < self._retry_at
@@ -205,6 +229,16 @@ class TokenAuth:
                 if isinstance(error, RateLimited) and error.retry_after:
                     wait = max(wait, error.retry_after)
                 self._retry_at = self._clock() + wait
+                # While the old token lives, requests go on with it: no reason to stop yet.
+                usable = self._token is not None and self._clock() < self._expires_at
+                if self._failures_in_a_row >= TOKEN_FAILURES_MAX and not usable:
+                    self._gave_up = AuthError(
+                        f"stopped: Generate Token failed {self._failures_in_a_row} times in a "
+                        f"row, the last with: {error}. No request can be sent without a token. "
+                        "Nothing is lost: re-run the same command to resume once the token "
+                        "endpoint answers (check --base-url and that the account uses TOKEN_AUTH)"
+                    )
+                    raise AuthError(str(self._gave_up)) from None
                 raise
             now = self._clock()
             self._issued.append(now)
@@ -252,10 +286,17 @@ def _token_from(status: int, body: bytes) -> str:
     if isinstance(answer, dict):
         token = answer.get("token")
         if isinstance(token, str) and token:
+            if not _SENDABLE_TOKEN.fullmatch(token):
+                raise ServerError(
+                    "Generate Token answered a token that cannot go into a header (spaces, "
+                    "control characters or non-ASCII)",
+                    http_status=status,
+                )
             return token
-        message = str(answer.get("message") or answer.get("status") or "no token in the answer")
+        text = str(answer.get("message") or answer.get("status") or "no token in the answer")
+        message = snippet(text.encode(), MESSAGE_CHARS)
     else:
-        message = f"HTTP {status} with a body that is not JSON"
+        message = f"HTTP {status} with a body that is not JSON: {snippet(body, MESSAGE_CHARS)}"
     lowered = message.lower()
     if status == 429 or any(text in lowered for text in RATE_MESSAGES):
         raise RateLimited(f"Generate Token rate limited: {message}", http_status=status)

@@ -35,6 +35,10 @@ from pyroaring import BitMap
 
 from engine.batcher import Reject
 from engine.errors import CheckpointError, CheckpointMismatch, CheckpointWriteError
+from engine.redact import REDACTOR
+
+# Every text a row stores passes the redactor: a reason may quote a server that echoed a secret.
+scrub = REDACTOR.scrub
 
 log = logging.getLogger(__name__)
 
@@ -311,7 +315,7 @@ class Checkpoint:
                     )
                 else:
                     self._migrate(version)
-                self._set_meta(settings=settings, updated_at=time.time())
+                self._set_meta(settings=REDACTOR.scrub_value(settings), updated_at=time.time())
 
         self._guard(write)
 
@@ -354,14 +358,14 @@ class Checkpoint:
                     [
                         (
                             c.id, c.state, c.sent, c.success, c.error, c.deleted, c.attempts,
-                            int(c.in_doubt), c.reason, json.dumps(c.detail), now,
+                            int(c.in_doubt), scrub(c.reason), scrub(json.dumps(c.detail)), now,
                         )
                         for c in chunks
                     ],
                 )  # fmt: skip
                 self._db.executemany(
                     "INSERT OR IGNORE INTO rejects VALUES (?,?,?,?)",
-                    [(r.file, r.line, r.raw, r.reason) for r in rejects],
+                    [(r.file, r.line, scrub(r.raw), scrub(r.reason)) for r in rejects],
                 )
                 if input_counts is not None:
                     self._set_meta(input=input_counts)
@@ -462,11 +466,13 @@ class Checkpoint:
             "COALESCE(SUM(CASE WHEN state='done' THEN sent END), 0), "
             "COALESCE(SUM(success), 0), COALESCE(SUM(error), 0), COALESCE(SUM(deleted), 0), "
             "COALESCE(SUM(CASE WHEN state='failed' THEN sent END), 0), "
-            "COALESCE(SUM(in_doubt), 0) FROM chunks"
+            "COALESCE(SUM(in_doubt), 0), "
+            "COALESCE(SUM(CASE WHEN state='done' AND in_doubt=1 THEN sent-deleted-error END), 0) "
+            "FROM chunks"
         ).fetchone()
         keys = (
             "chunks_finished", "chunks_done", "chunks_failed", "sent", "success", "error",
-            "deleted", "failed_numbers", "in_doubt_chunks",
+            "deleted", "failed_numbers", "in_doubt_chunks", "probably_deleted_earlier",
         )  # fmt: skip
         return dict(zip(keys, (int(value) for value in row), strict=True))
 

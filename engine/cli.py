@@ -27,6 +27,7 @@ from engine.pipeline import RunOutcome, delete, open_checkpoint
 from engine.plan import Plan, make_plan, write_rejects
 from engine.progress import BarDisplay, LogDisplay
 from engine.rates import parse_rate
+from engine.redact import RedactingStream
 from engine.settings import InputSettings, RunSettings, Secret
 from engine.source import CsvSource
 from engine.status import show_status, write_report_for
@@ -187,6 +188,8 @@ def _add_delete_options(run: argparse.ArgumentParser) -> None:
         ("--connect-timeout", float, defaults.DEFAULT_CONNECT_TIMEOUT,
          "seconds to open a connection"),
         ("--read-timeout", float, defaults.DEFAULT_READ_TIMEOUT, "seconds to wait for an answer"),
+        ("--max-response-bytes", int, defaults.DEFAULT_MAX_RESPONSE_BYTES,
+         "largest answer read; a larger one is a server error for its chunk"),
         ("--token-ttl", float, defaults.DEFAULT_TOKEN_TTL, "token lifetime in seconds"),
         ("--token-budget", int, defaults.DEFAULT_TOKEN_BUDGET,
          "tokens the account may generate in an hour"),
@@ -393,6 +396,7 @@ def settings_from_args(args: argparse.Namespace) -> RunSettings:
         report_dir=args.report_dir,
         producer_process=args.producer == "process",
         producer_state_rows=args.producer_state_rows,
+        max_response_bytes=args.max_response_bytes,
     )
 
 
@@ -569,6 +573,16 @@ def _dispatch(args: argparse.Namespace, argv: list[str], sources: dict[str, str]
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Everything printed passes the one redactor too, whatever code printed it.
+    streams = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = RedactingStream(sys.stdout), RedactingStream(sys.stderr)
+    try:
+        return _main(argv)
+    finally:
+        sys.stdout, sys.stderr = streams
+
+
+def _main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     verbose = "-v" in argv or "--verbose" in argv or "-vv" in argv

@@ -4,6 +4,18 @@ The API answers HTTP 200 for most verdicts and puts the truth in ``status``; thi
 place that turns an answer (or a failure to get one) into either a :class:`Verdict` or an error of
 :mod:`engine.errors`. aiohttp's exceptions are translated in :func:`translate_transport_error` and
 nowhere else.
+
+Nothing a server sends is believed or kept as it comes:
+
+* an answer is read in blocks up to ``--max-response-bytes``; a larger one is a server error for
+  the chunk, so memory stays flat whatever arrives (an endless chunked body, a 100 MB JSON);
+* every verdict is checked against its request (:func:`check_verdict`): a count above what was
+  sent, a list naming numbers never sent, a ``true`` or a float where a count goes: all are server
+  errors for the chunk (retried, then failed and reported), never counts;
+* text of the server's that reaches a message (a snippet of the body, its ``message``) passes the
+  redactor first, so a server echoing the API key or the token echoes ``***``;
+* aiohttp's own silent re-send of a DELETE on a dropped keep-alive connection is turned off: a
+  request that may have reached the server is one the workers count, pace and mark in doubt.
 """
 
 from __future__ import annotations
@@ -13,11 +25,12 @@ import email.utils
 import os
 import ssl
 import time
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 import aiohttp
+import anyio
 import orjson
 
 from engine.auth import RATE_MESSAGES, ApiKeyAuth, Auth, TokenAuth
@@ -28,15 +41,21 @@ from engine.errors import (
     InvalidGroupError,
     RateLimited,
     RequestRejected,
+    RetryableApiError,
     ServerError,
     TokenRejected,
     TransportError,
 )
 from engine.pacing import Pacer
+from engine.redact import REDACTOR, snippet
 from engine.settings import RunSettings
 
 # HTML pages and stack traces can be long; an error message keeps only their start.
 SNIPPET = 120
+# Shorter than the idle timeout of most servers (see open_session).
+KEEPALIVE_S = 4.0
+# The server's own ``message`` is quoted in errors; a long one is cut like a snippet.
+MESSAGE_CHARS = 200
 TOKEN_MESSAGES = ("token expired", "invalid token", "token should not be null")
 AUTH_MESSAGES = ("invalid username or apikey", "username is null", "unauthori")
 
@@ -50,9 +69,107 @@ class Verdict:
     deleted: int
 
 
+@dataclass(slots=True)
+class Expected:
+    """What a chunk's request sent, for checking the verdict against: the numbers and their forms.
+
+    The server names numbers in its own form (``+`` and the country code, see ozonetel-api.md)
+    or as they were sent; both are matched back to the number sent. The table is built only when
+    an answer needs it, once per chunk.
+    """
+
+    numbers: Sequence[int]
+    write: Callable[[int], str] = str
+    _forms: dict[str, int] | None = field(default=None, repr=False)
+    _sent: set[int] | None = field(default=None, repr=False)
+
+    @property
+    def count(self) -> int:
+        return len(self.numbers)
+
+    def all_sent_once(self, items: list[object]) -> bool:
+        """True if ``items`` name numbers that were sent, none twice.
+
+        The usual answer names each number as ``+`` and its digits, which ``int`` reads as the
+        number itself: one set comparison decides it. Anything else is matched item by item.
+        """
+        sent = self._sent
+        if sent is None:
+            sent = self._sent = set(self.numbers)
+        try:
+            # Only strings: int() would also take True or 9.19e11, which are no numbers here.
+            named = {int(item) for item in items if type(item) is str}
+        except ValueError:
+            named = set()
+        if len(named) == len(items) and named <= sent:
+            return True
+        seen: set[int] = set()
+        for item in items:
+            number = self.number_of(item)
+            if number is None or number in seen:
+                return False
+            seen.add(number)
+        return True
+
+    def number_of(self, item: object) -> int | None:
+        """The number sent that ``item`` of an answer's list names, or None if none was."""
+        if isinstance(item, bool) or not isinstance(item, str | int):
+            return None
+        forms = self._forms
+        if forms is None:
+            forms = self._forms = {}
+            for number in self.numbers:
+                digits = str(number)
+                forms[digits] = forms[f"+{digits}"] = forms[self.write(number)] = number
+        text = str(item)
+        found = forms.get(text)
+        if found is None:
+            found = forms.get("".join(text.split()))
+        return found
+
+
 def _snippet(raw: bytes) -> str:
-    text = raw[:SNIPPET].decode("utf-8", errors="replace")
-    return " ".join(text.split()) + ("…" if len(raw) > SNIPPET else "")
+    return snippet(raw, SNIPPET)
+
+
+def _message(answer: dict[str, object]) -> str:
+    """The server's ``message``, secrets masked, cut to a readable length."""
+    text = " ".join(str(answer.get("message", "")).split())
+    text = REDACTOR.scrub(text[: MESSAGE_CHARS + REDACTOR.longest])
+    return text[:MESSAGE_CHARS] + ("…" if len(text) > MESSAGE_CHARS else "")
+
+
+def check_verdict(output: dict[str, object], expected: Expected | None, status: int,
+                  raw: bytes) -> Verdict:  # fmt: skip
+    """The verdict in a success's ``output``, or ServerError if it cannot be true of the request.
+
+    Without ``expected`` (a caller that does not say what it sent) only the shapes are checked.
+    """
+    success, error, deleted = output.get("success"), output.get("error"), output.get("deleted")
+
+    def impossible(why: str) -> ServerError:
+        return ServerError(
+            f"impossible answer (HTTP {status}): {why}: {_snippet(raw)}", http_status=status
+        )
+
+    if not isinstance(success, list) or not isinstance(error, list):
+        raise impossible("success or error is not a list")
+    # bool is an int to Python; `true` is no count.
+    if not isinstance(deleted, int) or isinstance(deleted, bool):
+        raise impossible(f"deleted is {type(deleted).__name__}, not a count")
+    if deleted < 0:
+        raise impossible(f"deleted {deleted} is negative")
+    if expected is not None:
+        sent = expected.count
+        if len(success) + len(error) > sent:
+            raise impossible(
+                f"{len(success)} in success and {len(error)} in error for {sent} numbers sent"
+            )
+        if deleted + len(error) > sent:
+            raise impossible(f"deleted {deleted} and {len(error)} in error of {sent} sent")
+        if not expected.all_sent_once([*success, *error]):
+            raise impossible("it names a number that was not sent, or one sent once twice")
+    return Verdict(len(success), [str(item) for item in error], deleted)
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
@@ -71,7 +188,13 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
-def classify(status: int, headers: Mapping[str, str], raw: bytes, generation: int = 0) -> Verdict:
+def classify(
+    status: int,
+    headers: Mapping[str, str],
+    raw: bytes,
+    generation: int = 0,
+    expected: Expected | None = None,
+) -> Verdict:
     """Read one answer of deleteBlockNumberGroup: return its verdict or raise what it means."""
     if status == 429:
         raise RateLimited(
@@ -85,8 +208,8 @@ def classify(status: int, headers: Mapping[str, str], raw: bytes, generation: in
         # Redirects are not followed: the apiKey header would go along to wherever they point.
         raise FatalApiError(
             f"HTTP {status}: the API answered with a redirect to "
-            f"{headers.get('Location', '?')[:SNIPPET]}; check --base-url and --path "
-            "(ozbulk does not follow redirects, so credentials never leave for another host)",
+            f"{snippet(headers.get('Location', '?').encode(), SNIPPET)}; check --base-url and "
+            "--path (ozbulk does not follow redirects: credentials never leave for another host)",
             http_status=status,
         )
     try:
@@ -104,22 +227,14 @@ def classify(status: int, headers: Mapping[str, str], raw: bytes, generation: in
             f"HTTP {status}, body is not a JSON verdict: {_snippet(raw)}", http_status=status
         )
     verdict = str(answer.get("status", "")).lower()
-    message = str(answer.get("message", ""))
+    message = _message(answer)
     lowered = message.lower()
-    if verdict == "success":
+    # A success is believed only with a 2xx: "401 Unauthorized" with a success body is not one.
+    if verdict == "success" and 200 <= status < 300:
         output = answer.get("output")
         if not isinstance(output, dict):
             raise ServerError(f"success without an output: {_snippet(raw)}", http_status=status)
-        success, error, deleted = output.get("success"), output.get("error"), output.get("deleted")
-        if (
-            not isinstance(success, list)
-            or not isinstance(error, list)
-            or not isinstance(deleted, int)
-        ):
-            raise ServerError(
-                f"success with a malformed output: {_snippet(raw)}", http_status=status
-            )
-        return Verdict(len(success), [str(item) for item in error], deleted)
+        return check_verdict(output, expected, status, raw)
     if any(text in lowered for text in RATE_MESSAGES):
         raise RateLimited(
             f"rate limited: {message}",
@@ -175,20 +290,26 @@ def translate_transport_error(error: BaseException, url: str) -> ApiError:
     if isinstance(error, aiohttp.InvalidURL | aiohttp.NonHttpUrlClientError):
         return FatalApiError(f"invalid URL {url}; check --base-url and --path")
     if isinstance(error, aiohttp.ClientSSLError | ssl.SSLError):
-        return TransportError(f"TLS error talking to {url}: {name}")
+        # A handshake that failed sent nothing; an error later in the stream may have.
+        handshake = isinstance(error, aiohttp.ClientConnectorError)
+        return TransportError(f"TLS error talking to {url}: {name}", may_have_applied=not handshake)
     if isinstance(error, aiohttp.ConnectionTimeoutError):
-        return TransportError(f"could not connect to {url} in time (--connect-timeout)")
+        return TransportError(
+            f"could not connect to {url} in time (--connect-timeout)", may_have_applied=False
+        )
     if isinstance(error, asyncio.TimeoutError | TimeoutError):  # ServerTimeoutError is one too
         return TransportError(f"no answer from {url} in time (--read-timeout)")
     if isinstance(error, aiohttp.ClientConnectorDNSError):
-        return TransportError(f"cannot resolve the host of {url}; check --base-url and DNS")
+        return TransportError(
+            f"cannot resolve the host of {url}; check --base-url and DNS", may_have_applied=False
+        )
     if isinstance(error, aiohttp.ClientProxyConnectionError):
-        return TransportError(f"cannot connect to the proxy for {url}")
+        return TransportError(f"cannot connect to the proxy for {url}", may_have_applied=False)
     if isinstance(error, aiohttp.ClientConnectorError):
         # The standard text for the errno, never text the exception carries.
         number = error.os_error.errno
         reason = os.strerror(number) if isinstance(number, int) and number > 0 else name
-        return TransportError(f"cannot connect to {url}: {reason}")
+        return TransportError(f"cannot connect to {url}: {reason}", may_have_applied=False)
     if isinstance(error, aiohttp.ServerDisconnectedError):
         return TransportError(f"{url} closed the connection without answering")
     if isinstance(error, aiohttp.ClientPayloadError):
@@ -224,6 +345,7 @@ class OzonetelClient:
         self._session = session
         self._url = settings.url
         self._where = _without_userinfo(settings.url)
+        self._max_bytes = settings.max_response_bytes
         self._prefix = orjson.dumps({"userName": settings.user, "id": settings.group_id})[:-1]
         self.auth: Auth
         if settings.auth == "token":
@@ -252,13 +374,24 @@ class OzonetelClient:
             sock_connect=settings.connect_timeout,
             sock_read=settings.read_timeout,
         )
-        connector = aiohttp.TCPConnector(limit=settings.concurrency + 1, ttl_dns_cache=300)
-        return aiohttp.ClientSession(
+        # Idle connections are closed after KEEPALIVE_S, before most servers close them (5 s is
+        # a common server default): a request sent just as the server closes its end fails,
+        # and without aiohttp's silent re-send (below) that costs a retry and a chunk in doubt.
+        connector = aiohttp.TCPConnector(
+            limit=settings.concurrency + 1, ttl_dns_cache=300, keepalive_timeout=KEEPALIVE_S
+        )
+        session = aiohttp.ClientSession(
             connector=connector,
             timeout=timeout,
             json_serialize=lambda value: orjson.dumps(value).decode(),
             headers={"User-Agent": "ozbulk"},
         )
+        # aiohttp re-sends an idempotent request (DELETE is one) once, silently, when a reused
+        # connection drops: a second delete the workers would neither count, nor pace, nor know
+        # may have been applied twice. Off, the drop reaches the workers' retry like any other.
+        # (aiohttp's own test client turns it off the same way; tests pin that it stays off.)
+        session._retry_connection = False
+        return session
 
     def body(self, numbers: list[str]) -> bytes:
         """The request body; the fixed part is encoded once for the whole run."""
@@ -268,21 +401,39 @@ class OzonetelClient:
         """The request body around a JSON array of numbers encoded elsewhere (the producer)."""
         return self._prefix + b',"blockNumbers":' + numbers_json + b"}"
 
-    async def delete(self, body: bytes) -> Verdict:
-        """Send one DELETE with this body; its verdict, or the error of the error tree it means."""
-        headers = await self.auth.headers()
+    async def delete(self, body: bytes, expected: Expected | None = None) -> Verdict:
+        """Send one DELETE with this body; its verdict, or the error of the error tree it means.
+
+        ``expected`` (what the body holds) lets the verdict be checked against the request.
+        """
+        headers = await self._headers()
         generation = self.auth.generation
         try:
             async with self._session.delete(
                 self._url, data=body, headers=headers, allow_redirects=False
             ) as response:
-                raw = await response.read()
+                raw = await read_capped(response, self._max_bytes, self._where)
                 status, answer_headers = response.status, response.headers
         except TRANSPORT_ERRORS as error:
             raise translate_transport_error(error, self._where) from None
-        verdict = classify(status, answer_headers, raw, generation)
+        verdict = classify(status, answer_headers, raw, generation, expected)
         self.auth.accepted(generation)
         return verdict
+
+    async def _headers(self) -> dict[str, str]:
+        """The auth headers; while Generate Token fails, its backoff is waited out here.
+
+        A failure to get a token is no attempt of the chunk's (nothing was sent): it waits for
+        the auth's next try, shared by every worker, until the auth gives up (AuthError).
+        """
+        while True:
+            try:
+                return await self.auth.headers()
+            except RetryableApiError:
+                wait = self.auth.retry_in()
+                if wait is None:
+                    raise
+                await anyio.sleep(wait)
 
     async def _post(self, url: str, headers: dict[str, str], body: bytes) -> tuple[int, bytes]:
         """POST for Generate Token: status and body; HTTP 429 is raised as RateLimited here."""
@@ -293,8 +444,8 @@ class OzonetelClient:
             async with self._session.post(
                 url, data=body, headers=headers, allow_redirects=False
             ) as response:
-                raw = await response.read()
                 status, retry_after = response.status, response.headers.get("Retry-After")
+                raw = await read_capped(response, self._max_bytes, "Generate Token")
         except TRANSPORT_ERRORS as error:
             raise translate_transport_error(error, _without_userinfo(url)) from None
         finally:
@@ -310,6 +461,35 @@ class OzonetelClient:
                 pacer.on_rate_limited(ticket, refused.retry_after)
             raise refused
         return status, raw
+
+
+async def read_capped(response: aiohttp.ClientResponse, limit: int, where: str) -> bytes:
+    """The body of ``response``, read in blocks; ServerError once it passes ``limit`` bytes.
+
+    The connection is closed then rather than drained: a server that sends without end must not
+    keep a worker (or memory) busy. aiohttp's reader holds only a bounded buffer meanwhile.
+    """
+    announced = response.content_length
+    if announced is not None and announced > limit:
+        response.close()
+        raise _too_large(response.status, where, limit, f"it announces {announced} bytes")
+    blocks: list[bytes] = []
+    size = 0
+    async for block in response.content.iter_any():
+        size += len(block)
+        if size > limit:
+            response.close()
+            raise _too_large(response.status, where, limit, "it kept coming")
+        blocks.append(block)
+    return b"".join(blocks)
+
+
+def _too_large(status: int, where: str, limit: int, why: str) -> ServerError:
+    return ServerError(
+        f"HTTP {status}: the answer from {where} is larger than --max-response-bytes "
+        f"({limit} bytes; {why}); a verdict takes a few KB",
+        http_status=status,
+    )
 
 
 def _without_userinfo(url: str) -> str:

@@ -66,6 +66,8 @@ class Totals:
     error: int = 0
     deleted: int = 0
     in_doubt_chunks: int = 0
+    # Of the numbers not found, those of chunks in doubt: an earlier attempt probably deleted them.
+    probably_deleted_earlier: int = 0
     failed_numbers: int = 0
     numbers_finished_this_pass: int = 0
 
@@ -162,6 +164,7 @@ class Collector:
             sums["in_doubt_chunks"],
             sums["failed_numbers"],
         )
+        totals.probably_deleted_earlier = sums["probably_deleted_earlier"]
 
     # -- called synchronously by the producer, in the same event loop ----------------------
     def reject(self, reject: Reject) -> None:
@@ -300,8 +303,14 @@ class Collector:
             totals.success += verdict.success
             totals.error += len(verdict.error)
             totals.deleted += verdict.deleted
-            why = ""
             if chunk.in_doubt:
+                totals.probably_deleted_earlier += (
+                    len(chunk.numbers) - verdict.deleted - len(verdict.error)
+                )
+            why = ""
+            if result.doubt:
+                why = result.doubt
+            elif chunk.in_doubt:
                 why = RESENT_AFTER_FAILURE if failed_before else RESENT_AFTER_INTERRUPTION
             record = ChunkRecord(
                 chunk.id, DONE, len(chunk.numbers), verdict.success, len(verdict.error),

@@ -11,7 +11,7 @@
     ├── ApiError                          one answer of the API (chunk_id, http_status)
     │   ├── RetryableApiError             retried with backoff; the chunk fails when out
     │   │   ├── TransportError            connection refused/reset, timeout, DNS
-    │   │   ├── ServerError               5xx, HTML error page, garbled body, odd verdict
+    │   │   ├── ServerError               5xx, HTML page, garbled/oversized/impossible answer
     │   │   ├── RateLimited               HTTP 429 or "Max limit exceeded" (retry_after)
     │   │   └── TokenRejected             "Token Expired" / "Invalid Token": refresh once
     │   └── FatalApiError              3  no retry can help: the run stops, resumable
@@ -92,15 +92,43 @@ class ApiError(OzbulkError):
 
 
 class RetryableApiError(ApiError):
-    """An answer that another attempt, later, may turn into a success."""
+    """An answer that another attempt, later, may turn into a success.
+
+    ``may_have_applied`` says whether the server may have carried the request out although no
+    verdict came back (the connection dropped after sending, a 5xx, an answer too large or
+    impossible to believe): a chunk sent again after such an attempt is *in doubt*, and its
+    numbers that come back "not found" were probably deleted by that attempt.
+    """
+
+    may_have_applied = False
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        chunk_id: int | None = None,
+        http_status: int | None = None,
+        may_have_applied: bool | None = None,
+    ) -> None:
+        super().__init__(message, chunk_id=chunk_id, http_status=http_status)
+        if may_have_applied is not None:
+            self.may_have_applied = may_have_applied
 
 
 class TransportError(RetryableApiError):
-    """No usable HTTP answer: connection refused or reset, timeout, name resolution."""
+    """No usable HTTP answer: connection refused or reset, timeout, name resolution.
+
+    Failures to connect cannot have reached the server (``may_have_applied=False``); any later
+    one (reset, timeout, answer cut short) may have.
+    """
+
+    may_have_applied = True
 
 
 class ServerError(RetryableApiError):
-    """A 5xx, an HTML error page, a garbled body, or a verdict ozbulk does not know."""
+    """A 5xx, an HTML error page, a garbled, oversized or impossible answer, an odd verdict."""
+
+    may_have_applied = True
 
 
 class RateLimited(RetryableApiError):

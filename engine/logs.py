@@ -1,7 +1,8 @@
 """Logging for operators: plain or JSON lines, and no secret in any of them, ever.
 
-Every handler carries a :class:`Redactor` that replaces each registered secret (the API key, every
-token) with ``***`` in the final text of the record, whatever code formatted it.
+Every handler carries a :class:`RedactingFilter`: the run's one redactor
+(:data:`engine.redact.REDACTOR`) replaces each secret with ``***`` in the final text of the record,
+whatever code formatted it.
 """
 
 from __future__ import annotations
@@ -13,37 +14,24 @@ import time
 from pathlib import Path
 from typing import Literal
 
+from engine.redact import REDACTOR as REDACTOR  # re-exported: the CLI has it from here
+
 LogFormat = Literal["text", "json"]
 
 
-class Redactor(logging.Filter):
-    """Masks registered secrets in every record that passes through a handler."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._secrets: set[str] = set()
-
-    def add(self, secret: str) -> None:
-        if len(secret) >= 4:  # masking "a" would mangle every message and protect nothing
-            self._secrets.add(secret)
-
-    def scrub(self, text: str) -> str:
-        for secret in self._secrets:
-            if secret in text:
-                text = text.replace(secret, "***")
-        return text
+class RedactingFilter(logging.Filter):
+    """Masks every secret the redactor knows in each record that passes through a handler."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if self._secrets:
-            record.msg = self.scrub(record.getMessage())
-            record.args = None
-            if record.exc_info:
-                record.exc_text = self.scrub(logging.Formatter().formatException(record.exc_info))
-                record.exc_info = None
+        record.msg = REDACTOR.scrub(record.getMessage())
+        record.args = None
+        if record.exc_info:
+            record.exc_text = REDACTOR.scrub(logging.Formatter().formatException(record.exc_info))
+            record.exc_info = None
         return True
 
 
-REDACTOR = Redactor()
+REDACTING_FILTER = RedactingFilter()
 
 
 class JsonFormatter(logging.Formatter):
@@ -80,7 +68,7 @@ def setup_logging(
         root.removeHandler(handler)
     for handler in handlers:
         handler.setFormatter(formatter)
-        handler.addFilter(REDACTOR)
+        handler.addFilter(REDACTING_FILTER)
         root.addHandler(handler)
     root.setLevel(min(level, logging.INFO) if log_file is not None else level)
     handlers[0].setLevel(level)

@@ -42,6 +42,7 @@ from engine.limits import Limit, describe_limit
 from engine.numbers import Normalizer, formatter
 from engine.pacing import Pacer
 from engine.producer_process import ProducerInProcess, ProducerProcess, Selection
+from engine.redact import REDACTOR
 from engine.report import default_report_dir, write_report
 from engine.settings import RunSettings
 from engine.workers import ChunkResult, LiveStats, WorkerContext, worker
@@ -100,7 +101,7 @@ def display_settings(settings: RunSettings) -> dict[str, Any]:
     """The settings `ozbulk status` shows; no secret among them."""
     return {
         "host": settings.host,
-        "base_url": settings.base_url,
+        "base_url": settings.base_url_shown,
         "path": settings.path,
         "auth": settings.auth,
         "rate": settings.pace_text,
@@ -287,6 +288,7 @@ class Run:
             "not_found": not_found,
             "failed_numbers": totals.failed_numbers,
             "in_doubt_chunks": totals.in_doubt_chunks,
+            "probably_deleted_earlier": totals.probably_deleted_earlier,
             "requests": counters["requests"],
             "retries": counters["retries"],
             "rate_limited": counters["rate_limited"],
@@ -371,6 +373,7 @@ async def delete(
             summary["stopped_by"] = str(error)
         elif stop.requests:
             summary["stopped_by"] = stop.reason
+        summary = REDACTOR.scrub_value(summary)  # printed, written as JSON, returned to callers
         report_dir = settings.report_dir or default_report_dir(settings.checkpoint)
         try:
             write_report(checkpoint, summary, report_dir)

@@ -71,7 +71,7 @@ class Plan:
         s = self.settings
         lines = [
             "ozbulk plan",
-            f"  target       {s.base_url}{s.path}",
+            f"  target       {s.base_url_shown}{s.path}",
             f"  group        {s.group_id} of user {s.user} ({s.auth} auth)",
             f"  inputs       {', '.join(s.inputs.paths)}",
         ]

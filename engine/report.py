@@ -10,7 +10,9 @@
                       then, not missing
 
 Each file is written beside its final name and renamed into place, so a report folder never
-holds half a file, even when the run writing it is killed.
+holds half a file, even when the run writing it is killed. Every cell and value passes the
+redactor on its way out (the checkpoint's rows already did; this is the backstop for a checkpoint
+written before a secret was known to be one).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.checkpoint import Checkpoint, fingerprint
+from engine.redact import REDACTOR
 
 REPORT_FILES = ("summary.json", "errors.csv", "rejected.csv", "failed_chunks.csv", "in_doubt.csv")
 
@@ -59,6 +62,8 @@ def summary_from_checkpoint(checkpoint: Checkpoint) -> dict[str, Any]:
         "not_found": sums["sent"] - sums["deleted"] - sums["error"],
         "failed_numbers": sums["failed_numbers"],
         "in_doubt_chunks": sums["in_doubt_chunks"],
+        # Part of not_found: numbers of chunks in doubt, probably deleted by an earlier attempt.
+        "probably_deleted_earlier": sums["probably_deleted_earlier"],
         "requests": counters.get("requests", 0),
         "retries": counters.get("retries", 0),
         "rate_limited": counters.get("rate_limited", 0),
@@ -75,6 +80,7 @@ def write_report(checkpoint: Checkpoint, summary: dict[str, Any], out: Path) -> 
     """Write every report file into ``out`` (created if needed); return the folder."""
     out.mkdir(parents=True, exist_ok=True)
     names = _file_names(checkpoint)
+    summary = REDACTOR.scrub_value(summary)
     _replace(out / "summary.json", [json.dumps(summary, indent=2, sort_keys=True) + "\n"])
     _write_csv(
         out / "rejected.csv",
@@ -133,7 +139,10 @@ def _write_csv(path: Path, header: list[str], rows: Iterable[list[Any]]) -> None
     with temporary.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(header)
-        writer.writerows(rows)
+        scrub = REDACTOR.scrub
+        writer.writerows(
+            [scrub(cell) if isinstance(cell, str) else cell for cell in row] for row in rows
+        )
     os.replace(temporary, path)
 
 

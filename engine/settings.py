@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 
 from engine.errors import UsageError
 from engine.rates import UNIT_WORDS, Rate, per_second_text
+from engine.redact import REDACTOR, redact_url
 
 DEFAULT_BASE_URL = "https://in1-ccaas-api.ozonetel.com"
 DEFAULT_PATH = "/ca_apis/deleteBlockNumberGroup"
@@ -33,6 +34,10 @@ DEFAULT_TOKEN_TTL = 3600.0
 DEFAULT_TOKEN_BUDGET = 10
 DEFAULT_BREAKER_WINDOW = 20
 DEFAULT_BREAKER_RATIO = 0.8
+# A verdict for 100 numbers is a few KB; a megabyte is generous, and 16 workers reading one each
+# stay far from any memory limit whatever a broken or hostile server sends.
+DEFAULT_MAX_RESPONSE_BYTES = 1 << 20
+MIN_RESPONSE_BYTES = 1024
 
 AuthMode = Literal["apikey", "token"]
 NumberFormat = Literal["digits", "e164", "national"]
@@ -47,6 +52,8 @@ class Secret:
 
     def __init__(self, value: str) -> None:
         self._value = value
+        # Wherever a key comes from, the one redactor masks it from here on.
+        REDACTOR.add(value)
 
     def reveal(self) -> str:
         return self._value
@@ -144,6 +151,7 @@ class RunSettings:
     producer_process: bool = True
     # Rows between the producer states stored for a resume (the gap then grows with the input).
     producer_state_rows: int = STATE_EVERY_ROWS
+    max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES
 
     @property
     def pace_text(self) -> str:
@@ -170,6 +178,7 @@ class RunSettings:
         return "unlimited until the server refuses, then its learned limit"
 
     def __post_init__(self) -> None:
+        REDACTOR.add_url(self.base_url)  # first: the messages below may quote the URL
         if self.group_id < 0:
             _fail(f"--group-id must be a positive number (got {self.group_id})")
         if not self.user.strip():
@@ -178,13 +187,18 @@ class RunSettings:
             _fail(f"--auth must be apikey or token (got {self.auth!r})")
         parts = urlsplit(self.base_url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            _fail(f"--base-url must look like https://host (got {self.base_url!r})")
+            _fail(f"--base-url must look like https://host (got {redact_url(self.base_url)!r})")
         remote_http = parts.scheme == "http" and not is_loopback_url(self.base_url)
         if remote_http and not self.allow_insecure_http:
             _fail(
-                f"--base-url {self.base_url} is plain http to a remote host: the API key "
-                "would cross the network unencrypted; use https, or pass "
+                f"--base-url {redact_url(self.base_url)} is plain http to a remote host: the API "
+                "key would cross the network unencrypted; use https, or pass "
                 "--allow-insecure-http if you really mean it"
+            )
+        if parts.password is not None and self.auth == "token":
+            _fail(
+                "--base-url carries a user:password, which is sent as an Authorization header, "
+                "and --auth token sends its token in that same header; drop one of them"
             )
         if not self.path.startswith("/"):
             _fail(f"--path must start with / (got {self.path!r})")
@@ -211,6 +225,11 @@ class RunSettings:
             _fail(f"--max-attempts must be at least 1 (got {self.max_attempts})")
         if self.token_budget < 1:
             _fail(f"--token-budget must be at least 1 (got {self.token_budget})")
+        if self.max_response_bytes < MIN_RESPONSE_BYTES:
+            _fail(
+                f"--max-response-bytes must be at least {MIN_RESPONSE_BYTES} (got "
+                f"{self.max_response_bytes}); a verdict for 100 numbers takes a few KB"
+            )
         if self.producer_state_rows < 1:
             _fail(f"--producer-state-rows must be at least 1 (got {self.producer_state_rows})")
         if self.breaker_window < 1 or not 0 < self.breaker_ratio <= 1:
@@ -237,4 +256,9 @@ class RunSettings:
 
     @property
     def host(self) -> str:
-        return urlsplit(self.base_url).netloc
+        return urlsplit(redact_url(self.base_url)).netloc
+
+    @property
+    def base_url_shown(self) -> str:
+        """``--base-url`` as plans, checkpoints and `status` show it: no password."""
+        return redact_url(self.base_url)

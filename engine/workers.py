@@ -26,7 +26,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from engine import streams
 from engine.batcher import Chunk
-from engine.client import OzonetelClient, Verdict
+from engine.client import Expected, OzonetelClient, Verdict
 from engine.errors import (
     AuthError,
     FatalApiError,
@@ -64,6 +64,8 @@ class ChunkResult:
     attempts: int
     verdict: Verdict | None
     reason: str = ""
+    # Set when an attempt of this pass may have been applied and the chunk was sent again.
+    doubt: str = ""
 
     @property
     def failed(self) -> bool:
@@ -102,8 +104,10 @@ async def send_chunk(chunk: Chunk, context: WorkerContext) -> ChunkResult | None
         body = context.client.body_from_json(chunk.payload)
     else:
         body = context.client.body(list(map(context.write, chunk.numbers)))
+    expected = Expected(chunk.numbers, context.write)
     stats, pacer = context.stats, context.pacer
     attempts = rate_limited = token_refusals = 0
+    doubt = ""  # why this pass put the chunk in doubt, if it did
     while True:
         ticket = await pacer.acquire(context.stopping)
         if ticket is None:
@@ -114,7 +118,7 @@ async def send_chunk(chunk: Chunk, context: WorkerContext) -> ChunkResult | None
         stats.requests += 1
         stats.in_flight += 1
         try:
-            verdict = await context.client.delete(body)
+            verdict = await context.client.delete(body, expected)
         except RateLimited as error:
             pacer.on_rate_limited(ticket, error.retry_after)
             stats.rate_limited += 1
@@ -137,24 +141,24 @@ async def send_chunk(chunk: Chunk, context: WorkerContext) -> ChunkResult | None
         except TransportError as error:
             pacer.on_other(ticket)
             stats.transport_errors += 1
-            last = error
+            last, doubt = error, doubt or _doubt_after(chunk, error)
         except ServerError as error:
             pacer.on_other(ticket)
             stats.server_errors += 1
-            last = error
+            last, doubt = error, doubt or _doubt_after(chunk, error)
         except BaseException:
             pacer.on_other(ticket)  # fatal, or cancelled: the run is ending
             raise
         else:
             pacer.on_success(ticket)
-            return ChunkResult(chunk, attempts, verdict)
+            return ChunkResult(chunk, attempts, verdict, doubt=doubt)
         finally:
             stats.in_flight -= 1
         counted = attempts - rate_limited - token_refusals
         if counted >= context.max_attempts or attempts >= context.max_attempts * (
             RATE_LIMITED_ATTEMPTS_FACTOR
         ):
-            return ChunkResult(chunk, attempts, None, reason=str(last))
+            return ChunkResult(chunk, attempts, None, reason=str(last), doubt=doubt)
         if context.stopping.is_set():
             return None
         stats.retries += 1
@@ -166,6 +170,23 @@ async def send_chunk(chunk: Chunk, context: WorkerContext) -> ChunkResult | None
                 await context.stopping.wait()
             if context.stopping.is_set():
                 return None
+
+
+def _doubt_after(chunk: Chunk, error: RetryableApiError) -> str:
+    """An attempt the server may have carried out leaves its chunk in doubt: say why, once.
+
+    A chunk already in doubt (from an earlier pass) keeps the collector's reason for it.
+    """
+    if not error.may_have_applied or chunk.in_doubt:
+        return ""
+    chunk.in_doubt = True
+    return f"{DOUBT_AFTER_ATTEMPT} ({error})"
+
+
+DOUBT_AFTER_ATTEMPT = (
+    "sent again after an attempt of this pass that may have been applied, so numbers not "
+    "found were probably deleted by it"
+)
 
 
 async def worker(

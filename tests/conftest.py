@@ -13,11 +13,19 @@ from typing import Any
 import pytest
 
 from engine.mock import MockConfig, ThreadedMockServer
+from engine.redact import REDACTOR
 from engine.sample import write_sample_file
 
 API_KEY = "test-key-5f1c9a7e2b"  # a recognisable fake, so leak checks can grep for it
 USER = "tester"
 GROUP = 1
+
+
+@pytest.fixture(autouse=True)
+def fresh_redactor() -> Iterator[None]:
+    """Each test starts with a redactor that knows no secret: one test's key masks no other's."""
+    yield
+    REDACTOR.forget_all()
 
 
 @dataclass

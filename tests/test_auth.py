@@ -375,3 +375,81 @@ async def test_32_workers_and_one_expired_token_against_the_fake_api(tmp_path: P
     assert stats["tokens_issued"] == 2
     assert client.auth.refreshes == 2
     assert stats["groups"]["1"]["remaining"] == 0
+
+
+# -- a hostile token endpoint ----------------------------------------------------------------
+
+
+async def test_a_token_endpoint_failing_again_and_again_stops_the_run_with_a_clear_message() -> (
+    None
+):
+    """HTML, broken JSON, 5xx: retried with a doubling wait; the 6th failure in a row is fatal."""
+    pages: list[Answer] = [(200, b"<html>502</html>"), (200, b'{"tok'), (503, b"busy")] * 3
+    endpoint = FakeTokenEndpoint(script=pages)
+    clock = FakeClock()
+    auth = make_auth(endpoint, clock)
+    waits = []
+    for _ in range(auth_module.TOKEN_FAILURES_MAX - 1):
+        with pytest.raises(ServerError):
+            await auth.headers()
+        wait = auth.retry_in()
+        assert wait is not None
+        waits.append(wait)
+        clock.now += wait
+    assert waits == [1.0, 2.0, 4.0, 8.0, 16.0]
+    with pytest.raises(AuthError, match="Generate Token failed 6 times in a row") as caught:
+        await auth.headers()
+    assert "not JSON" in str(caught.value) or "busy" in str(caught.value)
+    assert auth.retry_in() is None  # given up: the client stops waiting
+    with pytest.raises(AuthError):
+        await auth.headers()  # and every later caller gets the same verdict, no new request
+    assert endpoint.calls == auth_module.TOKEN_FAILURES_MAX
+
+
+async def test_the_client_waits_out_a_failing_token_endpoint_instead_of_failing_chunks(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Two broken answers, then a token: delete() gets its headers after the backoff."""
+    monkeypatch.setattr(auth_module, "RETRY_BASE", 0.01)
+    endpoint = FakeTokenEndpoint(script=[(200, b"<html>"), (200, b"[1, 2")], delay=0)
+    auth = make_auth(endpoint, FakeClock())
+    auth._clock = anyio.current_time  # the waits run on the event loop's clock
+    client = OzonetelClient.__new__(OzonetelClient)
+    client.auth = auth
+    headers = await client._headers()
+    assert headers["Authorization"] == "Bearer token-1" and endpoint.calls == 3
+
+
+async def test_a_token_answer_echoing_the_key_is_masked_where_it_enters() -> None:
+    """Generate Token's message quoting the API key: the error carries *** (no sink needed)."""
+    from engine.redact import REDACTOR
+
+    REDACTOR.add(KEY)
+    endpoint = FakeTokenEndpoint(
+        script=[(200, {"status": "false", "message": f"Invalid userName or apiKey {KEY}"})]
+    )
+    with pytest.raises(AuthError) as caught:
+        await make_auth(endpoint, FakeClock()).headers()
+    assert KEY not in str(caught.value) and "apiKey ***" in str(caught.value)
+
+
+async def test_a_token_that_cannot_go_into_a_header_is_a_server_error() -> None:
+    endpoint = FakeTokenEndpoint(script=[(200, {"token": "abc\r\nX-Evil: 1"})])
+    with pytest.raises(ServerError, match="cannot go into a header"):
+        await make_auth(endpoint, FakeClock()).headers()
+
+
+async def test_an_early_refresh_failing_again_and_again_stops_only_once_the_token_is_dead() -> None:
+    """Failures of the refresh before expiry: the valid token serves on; the run stops only when
+    it has expired and Generate Token still fails."""
+    endpoint, clock = FakeTokenEndpoint(), FakeClock()
+    auth = make_auth(endpoint, clock, ttl=1000.0)  # refreshed 100 s before expiry
+    await auth.headers()
+    endpoint.script.extend([(200, b"<html>")] * 20)
+    clock.now += 901
+    for _ in range(auth_module.TOKEN_FAILURES_MAX + 2):
+        assert (await auth.headers())["Authorization"] == "Bearer token-1"
+        clock.now += auth.retry_in() or 0
+    clock.now += 100  # dead now
+    with pytest.raises(AuthError, match="times in a row"):
+        await auth.headers()

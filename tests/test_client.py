@@ -434,6 +434,22 @@ def test_translate_maps_each_failure_without_quoting_secrets(
     assert TOKEN not in message
 
 
+@pytest.mark.parametrize(
+    "error",
+    [error for error, _ in TRANSPORT_CASES.values()],
+    ids=[c.__name__ for c in TRANSPORT_CASES],
+)
+def test_only_a_failure_to_connect_cannot_have_been_applied(error: BaseException) -> None:
+    """Refused, unresolved, timed out connecting: nothing reached the server, no doubt. Any
+    failure after that (reset, read timeout, cut short) may follow a deletion: in doubt."""
+    translated = translate_transport_error(error, URL_DELETE)
+    if isinstance(translated, TransportError):
+        connecting = isinstance(
+            error, aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError
+        )
+        assert translated.may_have_applied is not connecting
+
+
 def test_translate_refuses_what_is_not_a_transport_error() -> None:
     """A programming error is not disguised as a network failure."""
     with pytest.raises(TypeError, match="ValueError"):
@@ -478,7 +494,7 @@ async def test_token_request_429_is_rate_limited_with_retry_after(
     with mocked_api() as mocked:
         mocked.post(URL_TOKEN, status=429, body="", headers={"Retry-After": "3"})
         with pytest.raises(RateLimited) as caught:
-            await token_client.delete(token_client.body(["1"]))
+            await token_client.auth.headers()  # delete() would wait and ask again
     assert caught.value.retry_after == 3.0
 
 
@@ -487,7 +503,7 @@ async def test_token_request_failure_is_translated(token_client: OzonetelClient)
     with mocked_api() as mocked:
         mocked.post(URL_TOKEN, exception=aiohttp.ServerDisconnectedError())
         with pytest.raises(TransportError, match="generateToken"):
-            await token_client.delete(token_client.body(["1"]))
+            await token_client.auth.headers()  # delete() would wait and ask again
 
 
 def test_session_timeouts_leave_out_the_pool_wait() -> None:

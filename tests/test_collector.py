@@ -75,6 +75,7 @@ def totals_as_sums(collector: Collector) -> dict[str, int]:
         "sent": totals.sent, "success": totals.success, "error": totals.error,
         "deleted": totals.deleted, "failed_numbers": totals.failed_numbers,
         "in_doubt_chunks": totals.in_doubt_chunks,
+        "probably_deleted_earlier": totals.probably_deleted_earlier,
     }  # fmt: skip
 
 

@@ -67,7 +67,7 @@ class ScriptedClient:
     def body(self, numbers: list[str]) -> bytes:
         return orjson.dumps(numbers)
 
-    async def delete(self, body: bytes) -> Verdict:
+    async def delete(self, body: bytes, expected: object = None) -> Verdict:
         self.sent_at.append(now())
         chunk_id = int(orjson.loads(body)[0])
         script = self.scripts.get(chunk_id, [])
