@@ -284,13 +284,20 @@ def limits(ctx: Context) -> Result:
                 + (f"; {per_window:.2f}" if per_window is not None else "")
                 + (f"; {learning:.0f} s" if learning is not None else "")
             )
-            target = "≥ 0.90; ≥ 0.95; ≤ 5 %; ≤ 1"
-            met = (
-                measured["of_allowed"] >= 0.90
-                and (after or 0) >= 0.95
-                and measured["refused_share"] <= 0.05
-                and (per_window if per_window is not None else 0) <= 1
-            )
+            after_ok = (after or 0) >= 0.95 and (per_window or 0) <= 1
+            if case.change is not None:
+                # A limit that drops: learned anew within two of its windows, then kept.
+                target = "(whole run); ≥ 0.95; ≤ 5 %; ≤ 1; ≤ 2 windows"
+                in_time = learning is not None and learning <= 2 * case.window
+                met = after_ok and measured["refused_share"] <= 0.05 and in_time
+            elif case.window == 1.0:
+                # Per second, the whole run includes --rate auto's climb from 5/s.
+                target = "(whole run); ≥ 0.95; ≤ 5 %; ≤ 1"
+                met = after_ok and measured["refused_share"] <= 0.05
+            else:
+                target = "≥ 0.90; ≥ 0.95; ≤ 5 %; ≤ 1"
+                met = after_ok and measured["of_allowed"] >= 0.90
+                met = met and measured["refused_share"] <= 0.05
         rows.append(
             (f"Limits, {case.label}: admitted ÷ allowed; after learning; refused; refusals a "
              "window after; learning", result, target, verdict(met))
