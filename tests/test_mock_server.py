@@ -650,7 +650,7 @@ async def test_latency_delays_every_answer(session: aiohttp.ClientSession) -> No
 # -- rate limiting --
 
 
-@pytest.mark.parametrize("style", ["http", "body"])
+@pytest.mark.parametrize("style", ["http", "http-bare", "body"])
 async def test_rate_limit_refuses_exactly_the_surplus(
     session: aiohttp.ClientSession, style: RateLimitStyle
 ) -> None:
@@ -679,12 +679,41 @@ async def test_rate_limit_refuses_exactly_the_surplus(
         assert len(served) == rate
         if style == "http":
             assert {(status, retry) for status, _, retry in limited} == {(429, "1")}
+        elif style == "http-bare":
+            assert {(status, retry) for status, _, retry in limited} == {(429, None)}
         else:
             assert {(status, retry) for status, _, retry in limited} == {(200, None)}
         assert state.stats()["rate_limited"] == 5
         clock.advance(1.0)
         status, answer, _ = await one()
         assert (status, answer["status"]) == (200, "success")
+
+
+@pytest.mark.parametrize("reset", [False, True], ids=["sliding", "reset-on-the-clock"])
+async def test_a_per_minute_limit_answers_an_honest_retry_after(
+    session: aiohttp.ClientSession, reset: bool
+) -> None:
+    """2 a minute: the third request is told to come back when the window frees up."""
+    clock = FakeClock()
+    wall = [1_699_999_200.0 + 45.0]  # 45 s into a minute of the wall clock
+    config = MockConfig(rate_limit=2, rate_limit_window=60.0, rate_limit_reset=reset)
+    state = MockState(config, clock=clock, wall=lambda: wall[0])
+    async with MockServer(state=state) as server:
+        async with session.delete(
+            server.url + DELETE_PATH, data=orjson.dumps(delete_body([])), headers=AUTH
+        ) as reply:
+            assert reply.status == 200
+        clock.advance(10.0)
+        wall[0] += 10.0
+        statuses = []
+        for _ in range(2):
+            async with session.delete(
+                server.url + DELETE_PATH, data=orjson.dumps(delete_body([])), headers=AUTH
+            ) as reply:
+                statuses.append((reply.status, reply.headers.get("Retry-After")))
+    # Sliding: the first request leaves the window 60 s after it came, 50 s from now. Reset
+    # on the clock: the minute ends 5 s from now.
+    assert statuses == [(200, None), (429, "5" if reset else "50")]
 
 
 async def test_rate_limit_holds_on_the_real_clock(session: aiohttp.ClientSession) -> None:
