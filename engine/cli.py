@@ -449,12 +449,12 @@ def print_summary(outcome: RunOutcome, argv: list[str] | None = None) -> None:
             print(f"resume with: {resume_command(argv)}")
 
 
-def _progress(args: argparse.Namespace, total: int | None) -> Any:
+def _progress(args: argparse.Namespace, plan: Plan) -> Any:
     if args.quiet:
         return None
     if args.no_progress or not sys.stderr.isatty():
-        return LogDisplay()
-    return BarDisplay(total=total)
+        return LogDisplay(expected=plan.expected())
+    return BarDisplay(plan.expected())
 
 
 def cmd_delete(args: argparse.Namespace, argv: list[str]) -> int:
@@ -465,11 +465,12 @@ def cmd_delete(args: argparse.Namespace, argv: list[str]) -> int:
     if args.dry_run:
         return _dry_run(settings)
     settings.require_api_key()
-    plan = make_plan(settings, prescan_allowed=not args.yes)
+    with _source_logs_once():
+        plan = make_plan(settings, prescan_allowed=not args.yes, restart=args.restart)
     print(plan.render(), file=sys.stderr)
     _confirm(args.yes)
     checkpoint = open_checkpoint(settings, restart=args.restart)
-    progress = _progress(args, plan.numbers if plan.exact else None)
+    progress = _progress(args, plan)
     outcome = anyio.run(
         lambda: delete(settings, checkpoint=checkpoint, progress=progress, handle_signals=True)
     )
@@ -489,6 +490,36 @@ def _check_inputs(settings: RunSettings) -> None:
     for path in settings.inputs.paths:
         if path != "-":
             CsvSource(path, settings.inputs.column, looks_like_phone).inspect()
+
+
+class _OnceFilter(logging.Filter):
+    """Lets each distinct message through once: the check, the pre-scan and the run each open
+    the input, and each opening says which column it reads."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._seen: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        if text in self._seen:
+            return False
+        self._seen.add(text)
+        return True
+
+
+ONCE = _OnceFilter()
+
+
+class _source_logs_once:
+    """While the pre-scan reads the input, its per-file totals stay out of the log (the plan
+    says them); the source's words about each file are logged once per process."""
+
+    def __enter__(self) -> None:
+        logging.getLogger("engine.batcher").setLevel(logging.WARNING)
+
+    def __exit__(self, *exc: object) -> None:
+        logging.getLogger("engine.batcher").setLevel(logging.NOTSET)
 
 
 def _dry_run(settings: RunSettings) -> int:
@@ -574,6 +605,9 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
         setup_logging(verbose=args.verbose, quiet=args.quiet, log_file=args.log_file,
                       fmt=args.log_format)  # fmt: skip
+        source_log = logging.getLogger("engine.source")
+        if ONCE not in source_log.filters:
+            source_log.addFilter(ONCE)
         return _dispatch(args, argv, sources)
     except OzbulkError as error:
         print(f"ozbulk: error: {REDACTOR.scrub(str(error))}", file=sys.stderr)
