@@ -11,10 +11,11 @@ import glob
 import json
 import logging
 import os
+import re
 import shlex
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import anyio
 
@@ -37,8 +38,10 @@ exit codes:
   0    complete: every number has a verdict
   1    finished, but some chunks failed after all retries (re-run to retry them)
   2    bad usage, settings, input or checkpoint (nothing was sent)
-  3    stopped by an answer no retry can fix (bad credentials, invalid group id); resumable
+  3    stopped by an answer no retry can fix (bad credentials, invalid group id), or because
+       none of the first 2,000 numbers sent was in the group (see --allow-not-found); resumable
   4    the checkpoint could not be written (disk full, read-only); resumable once fixed
+  70   internal error: a bug in ozbulk (run again with -v for the traceback, and report it)
   130  interrupted (Ctrl-C or SIGTERM); re-run the same command to resume
 """
 
@@ -79,8 +82,54 @@ def _rate(text: str) -> float:
 LAYERED: list[argparse.ArgumentParser] = []
 
 
-def _common_options() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
+class Parser(argparse.ArgumentParser):
+    """argparse without its surprises: no abbreviated flags (``--rat 3`` is not ``--rate``),
+    and a mistake is one line that names the nearest flag, not a usage dump."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs["allow_abbrev"] = False
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str) -> NoReturn:
+        hint = _nearest(message)
+        help_hint = f"; see {self.prog} --help"
+        self.exit(2, f"{self.prog}: error: {message}{hint}{help_hint}\n")
+
+
+def _all_options() -> set[str]:
+    names: set[str] = set()
+    for parser in [*ALL_PARSERS]:
+        names.update(parser._option_string_actions)
+    return names
+
+
+ALL_PARSERS: list[argparse.ArgumentParser] = []
+
+
+def _nearest(message: str) -> str:
+    """ " (did you mean --rate?)" for an unknown flag or command close to a known one."""
+    import difflib
+
+    unknown = re.findall(r"(?:unrecognized arguments: |invalid choice: ')(\S+?)'?(?:\s|$)", message)
+    words = re.findall(r"(?<![\w-])(--?[\w-]+)", message) if "unrecognized" in message else []
+    candidates = [*unknown, *words]
+    if not candidates:
+        return ""
+    word = candidates[0].split("=", 1)[0]
+    known = _all_options() if word.startswith("-") else set(COMMANDS)
+    match = difflib.get_close_matches(word, sorted(known), n=1, cutoff=0.6)
+    if not match and word.startswith("--"):
+        match = sorted(name for name in known if name.startswith(word))[:1]
+    return f" (did you mean {match[0]}?)" if match else ""
+
+
+COMMANDS = ("delete", "config", "status", "report", "sample", "mock-server", "demo")
+GLOBAL_SWITCHES = frozenset({"-v", "-vv", "-vvv", "--verbose", "-q", "--quiet"})
+GLOBAL_WITH_VALUE = frozenset({"--log-file", "--log-format"})
+
+
+def _common_options() -> Parser:
+    common = Parser(add_help=False)
     output = common.add_argument_group("output")
     output.add_argument(
         "-v",
@@ -229,6 +278,12 @@ def _add_delete_options(run: argparse.ArgumentParser) -> None:
         action="store_true",
         help="re-send only the chunks that failed in an earlier pass",
     )
+    state.add_argument(
+        "--allow-not-found",
+        action="store_true",
+        help="go on even when none of the first 2,000 numbers sent was in the group (a "
+        "deliberate second clean-up); without it such a run stops with exit 3",
+    )
     state.add_argument("--summary-json", type=Path, help="write the run's totals to this file")
     state.add_argument(
         "--report-dir", type=Path, help="report folder (default: the checkpoint's name + .report)"
@@ -252,12 +307,13 @@ def _add_delete_options(run: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="ozbulk",
         description="Delete phone numbers in bulk from an Ozonetel CloudAgent block-number group.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="Start with: ozbulk delete --help    (or: ozbulk demo, on a built-in fake API)",
     )
+    parser.add_argument("--version", action="version", version=f"ozbulk {package_version()}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     common = _common_options()
     LAYERED.clear()
@@ -313,14 +369,78 @@ def build_parser() -> argparse.ArgumentParser:
         default=0,
         help="generate this many rows instead of using the sample file",
     )
+    ALL_PARSERS[:] = [parser, run, config, show, status, report, sample, mock, demo]
     return parser
 
 
-def _api_key(args: argparse.Namespace) -> Secret:
-    """--api-key, then --api-key-file, then OZBULK_API_KEY / OZONETEL_API_KEY."""
+def package_version() -> str:
+    """The version in the package's metadata: pyproject.toml is the one place it is written."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("ozbulk")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed)"
+
+
+def hoist_global_options(argv: list[str]) -> list[str]:
+    """``ozbulk -q status X`` works: output options given before the command move after it
+    (after ``config show`` for that command), where argparse looks for them."""
+    moved: list[str] = []
+    index = 0
+    while index < len(argv) and argv[index].startswith("-"):
+        word = argv[index]
+        name = word.split("=", 1)[0]
+        if word in GLOBAL_SWITCHES:
+            moved.append(word)
+        elif name in GLOBAL_WITH_VALUE:
+            moved.append(word)
+            if "=" not in word and index + 1 < len(argv):
+                index += 1
+                moved.append(argv[index])
+        else:
+            return argv  # --help, --version, or a mistake argparse will name
+        index += 1
+    if not moved or index >= len(argv):
+        return argv
+    rest = argv[index:]
+    depth = 2 if rest[0] == "config" and len(rest) > 1 and not rest[1].startswith("-") else 1
+    return rest[:depth] + moved + rest[depth:]
+
+
+# Where a setting came from, strongest first: the same rule for the API key as for the rest.
+_RANK = {"flag": 3, "environment": 2, "file": 1}
+
+
+def api_key_source(args: argparse.Namespace, sources: dict[str, str]) -> tuple[str, str] | None:
+    """Which of --api-key, --api-key-file and OZONETEL_API_KEY gives the key, and from where.
+
+    flags > environment (OZBULK_API_KEY, OZBULK_API_KEY_FILE, OZONETEL_API_KEY) > file; at one
+    level, a key given outright beats a key file.
+    """
+    offers: list[tuple[int, int, str, str]] = []
     if args.api_key:
-        return Secret(args.api_key)
+        where = sources.get("api_key", "flag")
+        offers.append((_RANK[where.split()[0]], 2, "api_key", where))
     if args.api_key_file is not None:
+        where = sources.get("api_key_file", "flag")
+        offers.append((_RANK[where.split()[0]], 1, "api_key_file", where))
+    if os.environ.get("OZONETEL_API_KEY"):
+        offers.append((_RANK["environment"], 0, "env", "environment OZONETEL_API_KEY"))
+    if not offers:
+        return None
+    _, _, kind, where = max(offers)
+    return kind, where
+
+
+def _api_key(args: argparse.Namespace, sources: dict[str, str]) -> Secret:
+    chosen = api_key_source(args, sources)
+    if chosen is None:
+        return Secret("")
+    kind, _ = chosen
+    if kind == "api_key":
+        return Secret(args.api_key)
+    if kind == "api_key_file":
         try:
             return Secret(args.api_key_file.expanduser().read_text().strip())
         except OSError as error:
@@ -346,7 +466,9 @@ def _expand(inputs: list[str]) -> tuple[str, ...]:
     return tuple(paths)
 
 
-def settings_from_args(args: argparse.Namespace) -> RunSettings:
+def settings_from_args(
+    args: argparse.Namespace, sources: dict[str, str] | None = None
+) -> RunSettings:
     for flag, value in (("--group-id", args.group_id), ("--user", args.user)):
         if value is None:
             env = "OZBULK_" + flag[2:].replace("-", "_").upper()
@@ -360,7 +482,7 @@ def settings_from_args(args: argparse.Namespace) -> RunSettings:
     )
     auto = args.rate == AUTO_RATE
     checkpoint = args.checkpoint or Path(f"ozbulk-{args.user}-{args.group_id}.ckpt")
-    api_key = _api_key(args)
+    api_key = _api_key(args, sources or {})
     REDACTOR.add(api_key.reveal())
     return RunSettings(
         inputs=inputs,
@@ -385,6 +507,7 @@ def settings_from_args(args: argparse.Namespace) -> RunSettings:
         breaker_ratio=args.breaker_ratio,
         allow_insecure_http=args.allow_insecure_http,
         retry_failed=args.retry_failed,
+        allow_not_found=args.allow_not_found,
         summary_json=args.summary_json,
         report_dir=args.report_dir,
         producer_process=args.producer == "process",
@@ -457,8 +580,8 @@ def _progress(args: argparse.Namespace, plan: Plan) -> Any:
     return BarDisplay(plan.expected())
 
 
-def cmd_delete(args: argparse.Namespace, argv: list[str]) -> int:
-    settings = settings_from_args(args)
+def cmd_delete(args: argparse.Namespace, argv: list[str], sources: dict[str, str]) -> int:
+    settings = settings_from_args(args, sources)
     if settings.inputs.from_stdin:
         log.warning("reading standard input: this run cannot be resumed if interrupted")
     _check_inputs(settings)
@@ -538,7 +661,8 @@ def _dry_run(settings: RunSettings) -> int:
 
 
 def cmd_config(args: argparse.Namespace, sources: dict[str, str]) -> int:
-    settings = settings_from_args(args)
+    settings = settings_from_args(args, sources)
+    key_source = api_key_source(args, sources)
     print(f"{'setting':<22} {'value':<48}  source")
     for name, value in vars(args).items():
         if name in NOT_SHOWN:
@@ -548,8 +672,9 @@ def cmd_config(args: argparse.Namespace, sources: dict[str, str]) -> int:
         if name == "rate":
             value = "auto" if value == AUTO_RATE else "0 (no limit)" if value == 0 else value
         source = sources.get(name, "default")
-        if name == "api_key" and name not in sources and settings.api_key:
-            source = "file" if args.api_key_file else "environment OZONETEL_API_KEY"
+        if name == "api_key" and key_source is not None:
+            kind, where = key_source
+            source = f"--api-key-file ({where})" if kind == "api_key_file" else where
         if name == "inputs" and name not in sources and value:
             source = "argument"
         print(f"{name.replace('_', '-'):<22} {value!s:<48}  {source}")
@@ -573,7 +698,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
 def _dispatch(args: argparse.Namespace, argv: list[str], sources: dict[str, str]) -> int:
     command = args.command
     if command == "delete":
-        return cmd_delete(args, argv)
+        return cmd_delete(args, argv, sources)
     if command == "config":
         return cmd_config(args, sources)
     if command == "sample":
@@ -594,7 +719,7 @@ def _dispatch(args: argparse.Namespace, argv: list[str], sources: dict[str, str]
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    argv = hoist_global_options(list(sys.argv[1:] if argv is None else argv))
     parser = build_parser()
     verbose = "-v" in argv or "--verbose" in argv or "-vv" in argv
     try:

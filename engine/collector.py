@@ -39,6 +39,8 @@ from engine import streams
 from engine.batcher import Chunk, InputCounts, Reject
 from engine.checkpoint import DONE, FAILED, Checkpoint, ChunkRecord
 from engine.errors import CircuitOpen
+from engine.guard import COUNTER_KEY as GUARD_KEY
+from engine.guard import NotFoundGuard
 from engine.workers import ChunkResult, LiveStats
 
 log = logging.getLogger(__name__)
@@ -113,6 +115,7 @@ class Collector:
         counters: dict[str, Any],
         in_doubt_below: int,
         breaker: CircuitBreaker,
+        guard: NotFoundGuard | None = None,
         write: Any,
         commit_interval: float,
         horizon_step: int,
@@ -123,6 +126,7 @@ class Collector:
         self._counters_before = dict(counters)
         self._in_doubt_below = in_doubt_below
         self._breaker = breaker
+        self.guard = guard
         self._write = write
         self._interval = commit_interval
         self._horizon_step = horizon_step
@@ -306,6 +310,10 @@ class Collector:
             )  # fmt: skip
         self._records.append(record)
         self._breaker.record(result.failed)
+        if verdict is not None and self.guard is not None:
+            self.guard.record(
+                len(chunk.numbers), verdict.deleted, len(verdict.error), in_doubt=chunk.in_doubt
+            )
 
     def counters(self) -> dict[str, Any]:
         before, stats = self._counters_before, self.stats
@@ -317,6 +325,7 @@ class Collector:
             "rate_limited": before.get("rate_limited", 0) + stats.rate_limited,
             "token_refreshes": before.get("token_refreshes", 0) + self.token_refreshes(),
             "passes": before.get("passes", 0) + 1,
+            **({} if self.guard is None else {GUARD_KEY: self.guard.decision}),
         }
 
     def commit(self) -> None:

@@ -266,22 +266,25 @@ def fit(fields: list[str], width: int, separator: str = "  ") -> str:
 
 
 def layout(figures: Figures, width: int) -> tuple[str, int, str]:
-    """The two lines for ``width`` columns: (before the bar, bar width, after the bar), and
-    the status line. The bar takes what the words leave, and goes first when space is short."""
+    """The first line for ``width`` columns: (words before the bar, bar width, words after).
+
+    The bar takes what the words leave; when space is short the label goes first, then the
+    count, so the percentage and the ETA always show."""
     width = max(20, width)
-    percent = "" if figures.fraction is None else f"{figures.fraction * 100:3.0f}%"
-    head = "deleting "
-    tail = f" {percent} {count_text(figures)} ETA {clock_text(figures.eta_s)}".replace("  ", " ")
+    eta = f"ETA {clock_text(figures.eta_s)}"
     if figures.fraction is None:
-        tail = f" {count_text(figures)} ETA -:--:--"
-    bar = width - len(head) - len(tail) - 1
-    if bar < 10:
-        head = ""
-        bar = width - len(tail) - 1
-    if bar < 5:
-        tail = f" {percent} ETA {clock_text(figures.eta_s)}"
-        bar = max(0, width - len(tail) - 1)
-    return head, bar, tail
+        tails = [f" {count_text(figures)} {eta}", f" {eta}"]
+    else:
+        percent = f"{figures.fraction * 100:.0f}%"
+        tails = [f" {percent} {count_text(figures)} {eta}", f" {percent} {eta}"]
+    head = "deleting "
+    for tail in tails:
+        for label in (head, ""):
+            bar = width - 1 - len(label) - len(tail)
+            if bar >= 10:
+                return label, bar, tail
+    tail = tails[-1]
+    return "", max(0, width - 1 - len(tail)), tail
 
 
 def render_lines(figures: Figures, width: int) -> tuple[str, str]:

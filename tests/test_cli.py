@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from engine.batcher import accepted_numbers
 from engine.cli import resume_command
 from tests.conftest import API_KEY, GROUP, USER, cli_env, delete_args, ozbulk_command
 
@@ -180,6 +181,7 @@ def test_progress_bar_renders_and_updates_on_a_terminal(fake_api, sample_csv, tm
     """A live run on a pseudo-terminal draws the bar and it advances before the run ends."""
     server = fake_api(latency_ms=20)
     source = sample_csv(6000)
+    server.state.seed(GROUP, accepted_numbers((str(source),)))
     process, leader = _spawn_on_pty(
         [a for a in delete_args(server, source, rate=20, concurrency=4) if a != "--no-progress"],
         tmp_path,
