@@ -14,6 +14,7 @@ import os
 import re
 import shlex
 import sys
+import time
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -27,6 +28,7 @@ from engine.numbers import Normalizer
 from engine.pipeline import RunOutcome, delete, open_checkpoint
 from engine.plan import Plan, make_plan, write_rejects
 from engine.progress import BarDisplay, LogDisplay
+from engine.report import render_summary
 from engine.settings import InputSettings, RunSettings, Secret
 from engine.source import CsvSource
 from engine.status import show_status, write_report_for
@@ -542,34 +544,57 @@ def resume_command(argv: list[str]) -> str:
     return shlex.join(words)
 
 
-def print_summary(outcome: RunOutcome, argv: list[str] | None = None) -> None:
-    summary = outcome.summary
-    keys = (
-        "rows", "accepted", "rejected", "duplicates", "chunks_total", "chunks_done",
-        "chunks_failed", "sent", "deleted", "not_found", "error", "failed_numbers",
-        "in_doubt_chunks", "requests", "retries", "rate_limited", "elapsed_s", "complete",
-    )  # fmt: skip
-    width = max(len(key) for key in keys)
-    lines = [f"  {key:<{width}}  {summary.get(key)}" for key in keys]
+def result_line(outcome: RunOutcome) -> str:
+    """The one-line result: the exit code and what it means."""
+    stopped_by = str(outcome.summary.get("stopped_by", ""))
+    stopped_by = stopped_by.removeprefix("stopped: ").removeprefix("stopped by ")
+    if outcome.exit_code == 0 and not outcome.summary.get("accepted"):
+        return "exit 0: complete, but the input held no phone number to send"
     meaning = {
         0: "complete: every number has a verdict",
         1: "finished with failed chunks: re-run the same command to retry them",
         130: "interrupted: re-run the same command to resume",
-    }.get(outcome.exit_code, f"stopped: {summary.get('stopped_by', '')}")
-    print("ozbulk summary\n" + "\n".join(lines))
-    if summary.get("report"):
-        print(
-            f"  report       {summary['report']}/ (summary.json, errors.csv, rejected.csv, "
-            "failed_chunks.csv, in_doubt.csv)"
-        )
-    print(f"  checkpoint   {summary['checkpoint']}")
-    print(f"exit {outcome.exit_code}: {meaning}")
+    }.get(outcome.exit_code, f"stopped: {stopped_by}")
+    return f"exit {outcome.exit_code}: {meaning}"
+
+
+def resume_hint(outcome: RunOutcome, argv: list[str] | None) -> str | None:
     # A bad input fails the same way on every re-run: resuming is not the advice then.
-    if outcome.exit_code != 0 and argv is not None and not isinstance(outcome.error, InputError):
-        if "-" in argv:
-            print("standard input was read once and cannot be resumed: save it to a file first")
-        else:
-            print(f"resume with: {resume_command(argv)}")
+    if outcome.exit_code == 0 or argv is None or isinstance(outcome.error, InputError):
+        return None
+    if "-" in argv:
+        return "standard input was read once and cannot be resumed: save it to a file first"
+    return f"resume with: {resume_command(argv)}"
+
+
+def print_summary(
+    outcome: RunOutcome,
+    argv: list[str] | None = None,
+    *,
+    paths: bool = True,
+    quiet: bool = False,
+    out: Any = None,
+) -> None:
+    """The summary in words (unless quiet), then the one-line result and how to resume."""
+    out = out or sys.stdout
+    if not quiet:
+        print(render_summary(outcome.summary, paths=paths), file=out)
+    print(result_line(outcome), file=out)
+    hint = resume_hint(outcome, argv)
+    if hint:
+        print(hint, file=out)
+
+
+def json_event(event: str, **fields: Any) -> None:
+    """One JSON line on stderr, in the shape of the JSON log lines around it."""
+    entry = {
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()) + "Z",
+        "level": "info",
+        "logger": "engine.cli",
+        "event": event,
+        **fields,
+    }
+    print(REDACTOR.scrub(json.dumps(entry, default=str)), file=sys.stderr)
 
 
 def _progress(args: argparse.Namespace, plan: Plan) -> Any:
@@ -582,29 +607,76 @@ def _progress(args: argparse.Namespace, plan: Plan) -> Any:
 
 def cmd_delete(args: argparse.Namespace, argv: list[str], sources: dict[str, str]) -> int:
     settings = settings_from_args(args, sources)
+    as_json = args.log_format == "json"
     if settings.inputs.from_stdin:
         log.warning("reading standard input: this run cannot be resumed if interrupted")
     _check_inputs(settings)
     if args.dry_run:
-        return _dry_run(settings)
+        return _dry_run(settings, as_json=as_json)
     settings.require_api_key()
     with _source_logs_once():
         plan = make_plan(settings, prescan_allowed=not args.yes, restart=args.restart)
-    print(plan.render(), file=sys.stderr)
+    _show_plan(plan, as_json=as_json, quiet=args.quiet and args.yes)
+    if plan.exact and plan.numbers == 0 and plan.resume is None:
+        counts = plan.counts
+        assert counts is not None
+        raise UsageError(
+            f"nothing to send: the input holds no phone number ({counts.rows:,} rows: "
+            f"{counts.rejected:,} rejected, {counts.duplicates:,} duplicates); --dry-run writes "
+            "rejected.csv with the reason for each row"
+        )
     _confirm(args.yes)
     checkpoint = open_checkpoint(settings, restart=args.restart)
     progress = _progress(args, plan)
     outcome = anyio.run(
         lambda: delete(settings, checkpoint=checkpoint, progress=progress, handle_signals=True)
     )
-    if settings.summary_json is not None:
-        settings.summary_json.write_text(
-            json.dumps(outcome.summary, indent=2, sort_keys=True) + "\n"
-        )
-    print_summary(outcome, argv)
+    if (
+        outcome.exit_code == 0
+        and not outcome.summary.get("accepted")
+        and outcome.summary.get("complete")
+    ):
+        # A run that had nothing to send did not do its job: say so, never "complete".
+        outcome = RunOutcome(outcome.summary, 2, UsageError(
+            "nothing was sent: the input holds no phone number; the report's rejected.csv says "
+            "why each row was refused"
+        ))  # fmt: skip
+        outcome.summary["exit_code"] = 2
+        outcome.summary["stopped_by"] = str(outcome.error)
+    _write_summary_json(settings.summary_json, outcome.summary)
+    to_stdout = settings.summary_json is not None and str(settings.summary_json) == "-"
+    if as_json:
+        json_event(
+            "summary", summary=outcome.summary, result=result_line(outcome),
+            resume=resume_hint(outcome, argv),
+        )  # fmt: skip
+    else:
+        print_summary(outcome, argv, quiet=args.quiet, out=sys.stderr if to_stdout else sys.stdout)
     if outcome.error is not None:
         log.error("%s", outcome.error)
     return outcome.exit_code
+
+
+def _show_plan(plan: Plan, *, as_json: bool, quiet: bool) -> None:
+    """The plan, always on stderr: text, or one JSON event with --log-format json."""
+    if as_json:
+        json_event("plan", text=plan.render().splitlines()[1:], numbers=plan.numbers,
+                   exact=plan.exact, requests=plan.remaining_requests(),
+                   resumes=plan.resume is not None)  # fmt: skip
+    elif not quiet:
+        print(plan.render(), file=sys.stderr)
+
+
+def _write_summary_json(path: Path | None, summary: dict[str, Any]) -> None:
+    """--summary-json FILE, or - for standard output (the printed summary then goes to stderr)."""
+    if path is None:
+        return
+    text = json.dumps(summary, indent=2, sort_keys=True) + "\n"
+    if str(path) == "-":
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    else:
+        path.write_text(text)
 
 
 def _check_inputs(settings: RunSettings) -> None:
@@ -645,18 +717,22 @@ class _source_logs_once:
         logging.getLogger("engine.batcher").setLevel(logging.NOTSET)
 
 
-def _dry_run(settings: RunSettings) -> int:
+def _dry_run(settings: RunSettings, *, as_json: bool = False) -> int:
     out = settings.report_dir or settings.checkpoint.with_name(
         settings.checkpoint.name + ".dry-run"
     )
     counts = write_rejects(settings, out)
     plan = Plan(settings, counts, True, None, None)
-    print(plan.render().replace("ozbulk plan", "ozbulk plan (dry run: nothing sent)"))
-    print(f"  rejected rows written to {out / 'rejected.csv'}")
-    if settings.summary_json is not None:
-        totals = {key: getattr(counts, key) for key in ("rows", "accepted", "rejected",
-                                                          "duplicates", "chunks")}  # fmt: skip
-        settings.summary_json.write_text(json.dumps({**totals, "dry_run": True}, indent=2) + "\n")
+    if as_json:
+        json_event("plan", dry_run=True, text=plan.render().splitlines()[1:],
+                   rejected_csv=str(out / "rejected.csv"))  # fmt: skip
+    else:
+        text = plan.render().replace("ozbulk plan", "ozbulk plan (dry run: nothing sent)")
+        print(text, file=sys.stderr)
+        print(f"  rejected rows written to {out / 'rejected.csv'}", file=sys.stderr)
+    totals = {key: getattr(counts, key) for key in ("rows", "accepted", "rejected",
+                                                      "duplicates", "chunks")}  # fmt: skip
+    _write_summary_json(settings.summary_json, {**totals, "dry_run": True})
     return 0
 
 
