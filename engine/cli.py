@@ -22,7 +22,7 @@ import anyio
 
 from engine import settings as defaults
 from engine.config import config_path, layer_defaults
-from engine.errors import InputError, OzbulkError, UsageError
+from engine.errors import OzbulkError, UsageError
 from engine.logs import REDACTOR, setup_logging
 from engine.numbers import Normalizer
 from engine.pipeline import RunOutcome, delete, open_checkpoint
@@ -546,8 +546,7 @@ def resume_command(argv: list[str]) -> str:
 
 def result_line(outcome: RunOutcome) -> str:
     """The one-line result: the exit code and what it means."""
-    stopped_by = str(outcome.summary.get("stopped_by", ""))
-    stopped_by = stopped_by.removeprefix("stopped: ").removeprefix("stopped by ")
+    stopped_by = _gist(str(outcome.summary.get("stopped_by", "")))
     if outcome.exit_code == 0 and not outcome.summary.get("accepted"):
         return "exit 0: complete, but the input held no phone number to send"
     meaning = {
@@ -558,9 +557,17 @@ def result_line(outcome: RunOutcome) -> str:
     return f"exit {outcome.exit_code}: {meaning}"
 
 
+def _gist(reason: str) -> str:
+    """The first clause of a stop's reason, for the one-line result; the error itself is
+    logged in full (on stderr), so the long text is not said twice."""
+    reason = reason.removeprefix("stopped: ").removeprefix("stopped by ")
+    gist = re.split(r"(?<=[^.\d])[.;](?:\s|$)| \(", reason, maxsplit=1)[0]
+    return gist if len(gist) <= 100 else gist[:99] + "…"
+
+
 def resume_hint(outcome: RunOutcome, argv: list[str] | None) -> str | None:
     # A bad input fails the same way on every re-run: resuming is not the advice then.
-    if outcome.exit_code == 0 or argv is None or isinstance(outcome.error, InputError):
+    if outcome.exit_code == 0 or argv is None or isinstance(outcome.error, UsageError):
         return None
     if "-" in argv:
         return "standard input was read once and cannot be resumed: save it to a file first"
@@ -653,7 +660,7 @@ def cmd_delete(args: argparse.Namespace, argv: list[str], sources: dict[str, str
     else:
         print_summary(outcome, argv, quiet=args.quiet, out=sys.stderr if to_stdout else sys.stdout)
     if outcome.error is not None:
-        log.error("%s", outcome.error)
+        log.error("%s", outcome.error)  # in full, on stderr and in the log file
     return outcome.exit_code
 
 

@@ -201,6 +201,10 @@ class Meter:
     def _rates(self, now: float, numbers: int, requests: int) -> tuple[float, float]:
         """Numbers and requests per second over the last RATE_WINDOW_S seconds."""
         samples = self._samples
+        if not samples and numbers == 0:
+            # The window opens with the first answer: start-up (reading, connecting, the first
+            # round trip) is not the pace the run will hold.
+            return 0.0, 0.0
         samples.append((now, numbers, requests))
         while len(samples) > 2 and now - samples[1][0] >= RATE_WINDOW_S:
             samples.popleft()

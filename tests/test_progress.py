@@ -145,10 +145,23 @@ def test_a_resume_counts_the_work_done_before_it() -> None:
     figures = meter.figures(finished_this_pass=0, requests=0, done=60_000, accepted=0,
                             finished=False, bytes_read=0, pacer=_Pacer())  # fmt: skip
     assert figures.fraction == pytest.approx(0.6)
-    now[0] = 10.0
-    figures = meter.figures(finished_this_pass=10_000, requests=100, done=70_000, accepted=0,
-                            finished=False, bytes_read=0, pacer=_Pacer())  # fmt: skip
-    assert figures.eta_s == pytest.approx(30_000 / 1_000)
+    for now[0], finished in ((1.0, 100), (11.0, 10_100)):
+        figures = meter.figures(finished_this_pass=finished, requests=finished // 100,
+                                done=60_000 + finished, accepted=0, finished=False, bytes_read=0,
+                                pacer=_Pacer())  # fmt: skip
+    assert figures.eta_s == pytest.approx(29_900 / 1_000)
+
+
+def test_start_up_is_not_counted_in_the_rate() -> None:
+    """The seconds before the first answer (reading, connecting) do not slow the rate shown."""
+    now = [0.0]
+    meter = Meter(Expected(total=100_000, exact=True), clock=lambda: now[0])
+    figures = None
+    for now[0], finished in ((0.0, 0), (3.0, 0), (4.0, 100), (5.0, 1_100)):
+        figures = meter.figures(finished_this_pass=finished, requests=finished // 100,
+                                done=finished, accepted=0, finished=False, bytes_read=0,
+                                pacer=_Pacer())  # fmt: skip
+    assert figures is not None and figures.numbers_per_s == pytest.approx(1_000)
 
 
 def test_pacer_is_read_defensively() -> None:
@@ -352,3 +365,51 @@ def test_logs_go_above_the_display_not_into_it(caplog: pytest.LogCaptureFixture)
         sys.stderr = saved
         root.removeHandler(handler)
     assert "a line above the bar\n" in terminal.getvalue()
+
+
+@pytest.mark.slow
+def test_an_unattended_run_shows_a_true_eta_at_80_by_24(fake_api, sample_csv, tmp_path):
+    """--yes at 80x24 against a server that admits 20 requests a second: from the second second
+    the screen shows a bar, a count, a percentage and an ETA, and once a tenth is done every
+    ETA shown is within 20 % (plus the one second it is rounded to) of the time that was left."""
+    source = sample_csv(30_000)
+    server = fake_api(rate_limit=20)
+    server.state.seed(GROUP, accepted_numbers((str(source),)))
+    args = [a for a in delete_args(server, source, rate=20) if a != "--no-progress"]
+    started = time.monotonic()
+    process, leader = _spawn(args, tmp_path, 80)
+    screen = pyte.Screen(80, 24)
+    stream = pyte.ByteStream(screen)
+    seen: list[tuple[float, float, float]] = []  # (when, fraction, ETA in s)
+    first_display = first_eta = None
+    try:
+        while process.poll() is None or select.select([leader], [], [], 0)[0]:
+            if not select.select([leader], [], [], 0.1)[0]:
+                continue
+            try:
+                data = os.read(leader, 65536)
+            except OSError:
+                break
+            if not data:
+                break
+            stream.feed(data)
+            for line in screen.display:
+                now = time.monotonic() - started
+                if line.startswith("deleting") and first_display is None:
+                    first_display = now
+                found = re.search(r"━+ (\d+)% [\d,]+/~?[\d,]+ ETA (\d+):(\d\d):(\d\d)", line)
+                if line.startswith("deleting") and found:
+                    first_eta = first_eta if first_eta is not None else now
+                    h, m, s = (int(found.group(i)) for i in (2, 3, 4))
+                    seen.append((now, int(found.group(1)) / 100, h * 3600 + m * 60 + s))
+        assert process.wait(timeout=30) == 0
+    finally:
+        os.close(leader)
+    ended = time.monotonic() - started
+    assert first_display is not None and first_eta is not None
+    assert first_eta - first_display < 1.5, (first_display, first_eta)
+    checked = [(when, eta) for when, fraction, eta in seen if 0.1 <= fraction < 0.95]
+    assert len(checked) >= 5, seen
+    for when, eta in checked:
+        left = ended - when
+        assert abs(eta - left) <= 0.2 * left + 1.5, (when, eta, left)
