@@ -19,7 +19,8 @@
     │       ├── AuthError              3  bad user name, API key, or token budget spent
     │       ├── RequestRejected        3  "Parameters are mandatory": a bug in ozbulk
     │       ├── CircuitOpen            3  most recent chunks failed: the server is broken
-    │       └── NothingDeleted         3  none of the first ~2,000 numbers was in the group
+    │       ├── NothingDeleted         3  none of the first ~2,000 numbers was in the group
+    │       └── NoApiThere             3  no connection, or pages that are not the API
 
 A run stopped by Ctrl-C or SIGTERM is not an error: it ends with exit code 130 after committing
 (see :class:`engine.pipeline.StopControl`), and re-running the same command resumes it.
@@ -153,3 +154,7 @@ class CircuitOpen(FatalApiError):
 
 class NothingDeleted(FatalApiError):
     """None of the first numbers sent was in the group: a wrong form, group or user."""
+
+
+class NoApiThere(FatalApiError):
+    """Before any verdict, requests found no connection or pages that are not the API."""

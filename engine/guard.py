@@ -13,7 +13,7 @@ by the guard stops again at once, before sending anything, unless ``--allow-not-
 
 from __future__ import annotations
 
-from engine.errors import NothingDeleted
+from engine.errors import ApiError, NoApiThere, NothingDeleted, ServerError, TransportError
 
 GUARD_NUMBERS = 2000
 COUNTER_KEY = "not_found_guard"
@@ -78,3 +78,49 @@ class NotFoundGuard:
             "--group-id and --user. If the numbers were deliberately removed already, re-run "
             "with --allow-not-found"
         )
+
+
+# -- first contact: is there an Ozonetel API at the other end at all? ------------------------
+
+NO_API_ATTEMPTS = 6
+
+
+class FirstContact:
+    """Until the first verdict, a few attempts that found no API stop the run.
+
+    No connection, no such host, or a page that is not a JSON verdict with a status below 500
+    (a proxy's or a captive portal's page, another web site at a wrong --base-url): none of
+    these fixes itself, so retrying every chunk eight times and ending with "re-run the same
+    command" sends the operator the wrong way. 5xx answers stay with the retries and the circuit
+    breaker: a server that is briefly down does come back. After the first verdict this never
+    stops anything.
+    """
+
+    def __init__(self, url: str, limit: int = NO_API_ATTEMPTS) -> None:
+        self.url = url
+        self.reached = False
+        self.failures = 0
+        self._limit = limit
+
+    def succeeded(self) -> None:
+        self.reached = True
+
+    def failed(self, error: ApiError) -> None:
+        if self.reached or not _shows_no_api(error):
+            return
+        self.failures += 1
+        if self.failures >= self._limit:
+            raise NoApiThere(
+                f"stopped: {self.failures} requests to {self.url} found no Ozonetel API there "
+                f"(the last: {error}). A wrong --base-url or --path, a proxy or a captive portal "
+                "does not fix itself: check them and that the host is reachable, then re-run "
+                "the same command (nothing was deleted by these requests)"
+            )
+
+
+def _shows_no_api(error: ApiError) -> bool:
+    if isinstance(error, TransportError):
+        return str(error).startswith(("cannot connect to", "cannot resolve"))
+    if isinstance(error, ServerError):
+        return error.http_status is not None and error.http_status < 500
+    return False

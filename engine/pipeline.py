@@ -39,7 +39,7 @@ from engine.client import OzonetelClient
 from engine.collector import CircuitBreaker, Collector
 from engine.errors import CheckpointWriteError, OzbulkError
 from engine.guard import COUNTER_KEY as GUARD_KEY
-from engine.guard import NotFoundGuard
+from engine.guard import FirstContact, NotFoundGuard
 from engine.numbers import Normalizer, formatter
 from engine.pacing import Pacer
 from engine.producer_process import ProducerInProcess, ProducerProcess, Selection
@@ -237,6 +237,7 @@ class Run:
                 write=self.write,
                 stopping=self.stopping,
                 on_send=self.collector.sending,
+                first_contact=FirstContact(settings.url),
             )
             try:
                 async with anyio.create_task_group() as group:

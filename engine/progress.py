@@ -84,7 +84,12 @@ def pacer_view(pacer: Any) -> tuple[str, bool]:
         text = "unlimited"
     slowed = bool(getattr(pacer, "forced_down", False))
     paused = getattr(pacer, "paused_for", 0.0)
-    if isinstance(paused, int | float) and paused > 0.5:
+    until = getattr(pacer, "waiting_until", None)  # wall-clock time a long wait ends
+    if isinstance(until, int | float) and until - time.time() >= 1.0:
+        at = time.strftime("%H:%M:%S", time.localtime(until))
+        text = f"server limit reached: waiting until {at}"
+        slowed = True
+    elif isinstance(paused, int | float) and paused > 0.5:
         text += f", paused {paused:.0f} s by the server"
     elif slowed:
         text += ", slowed by the server"

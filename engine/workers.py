@@ -36,6 +36,7 @@ from engine.errors import (
     TokenRejected,
     TransportError,
 )
+from engine.guard import FirstContact
 from engine.pacing import Pacer
 
 RATE_LIMITED_ATTEMPTS_FACTOR = 10
@@ -84,6 +85,8 @@ class WorkerContext:
     stopping: anyio.Event = field(default_factory=anyio.Event)
     # Told of each chunk just before its first request leaves: what a stop leaves in doubt.
     on_send: Callable[[Chunk], None] = lambda chunk: None
+    # Stops a run early when there is no API at the other end (see engine.guard).
+    first_contact: FirstContact | None = None
 
     def __post_init__(self) -> None:
         # Token requests count against the same server window as the deletes.
@@ -147,9 +150,13 @@ async def send_chunk(chunk: Chunk, context: WorkerContext) -> ChunkResult | None
             raise
         else:
             pacer.on_success(ticket)
+            if context.first_contact is not None:
+                context.first_contact.succeeded()
             return ChunkResult(chunk, attempts, verdict)
         finally:
             stats.in_flight -= 1
+        if context.first_contact is not None:
+            context.first_contact.failed(last)
         counted = attempts - rate_limited - token_refusals
         if counted >= context.max_attempts or attempts >= context.max_attempts * (
             RATE_LIMITED_ATTEMPTS_FACTOR

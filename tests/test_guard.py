@@ -104,3 +104,90 @@ def test_a_run_that_finds_its_numbers_is_not_stopped(run_cli, fake_api, sample_c
     server.state.seed(GROUP, accepted_numbers((str(source),)))
     result = run_cli(*delete_args(server, source, rate=0))
     assert result.returncode == 0, result.output
+
+
+# -- first contact -----------------------------------------------------------------------
+
+
+def test_first_contact_stops_on_pages_that_are_not_the_api_and_on_refused_connections() -> None:
+    """Six attempts with an HTML page (HTTP 200) or a refused connection, before any verdict,
+    stop the run; 5xx answers are left to the retries; after a verdict nothing stops it."""
+    from engine.errors import NoApiThere, ServerError, TransportError
+    from engine.guard import NO_API_ATTEMPTS, FirstContact
+
+    page = ServerError("HTTP 200, body is not a JSON verdict: <html>", http_status=200)
+    refused = TransportError("cannot connect to http://x/: Connection refused")
+    for error in (page, refused):
+        contact = FirstContact("http://x/")
+        for _ in range(NO_API_ATTEMPTS - 1):
+            contact.failed(error)
+        with pytest.raises(NoApiThere) as stopped:
+            contact.failed(error)
+        assert "--base-url" in str(stopped.value) and str(error) in str(stopped.value)
+    down = FirstContact("http://x/")
+    for _ in range(50):
+        down.failed(ServerError("HTTP 503: busy", http_status=503))
+    reached = FirstContact("http://x/")
+    reached.succeeded()
+    for _ in range(50):
+        reached.failed(page)
+
+
+def test_a_refused_connection_stops_within_seconds(run_cli, sample_csv) -> None:
+    """Nothing listens at --base-url: exit 3 in seconds, saying what was answered and what to
+    check, instead of eight attempts for every chunk."""
+    import socket
+    import time
+
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    source = sample_csv(3000)
+    started = time.monotonic()
+    result = run_cli("delete", str(source), "--group-id", "1", "--user", "u", "--yes",
+                     "--base-url", f"http://127.0.0.1:{port}", "--rate", "0")  # fmt: skip
+    assert result.returncode == 3, result.output
+    assert time.monotonic() - started < 20
+    assert "found no Ozonetel API there" in result.output
+    assert "Connection refused" in result.stderr and "--base-url" in result.stderr
+    assert "stopped: stopped" not in result.output
+
+
+def test_an_html_page_with_http_200_stops_early(run_cli, sample_csv) -> None:
+    """A proxy's or another site's page (HTTP 200, HTML): exit 3 after a few requests, with
+    the start of what was answered."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    requests = []
+
+    class Page(BaseHTTPRequestHandler):
+        def do_DELETE(self) -> None:
+            requests.append(self.path)
+            body = b"<html><body>Welcome to the office proxy</body></html>"
+            self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_POST = do_GET = do_DELETE
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Page)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        source = sample_csv(3000)
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        result = run_cli("delete", str(source), "--group-id", "1", "--user", "u", "--yes",
+                         "--base-url", url, "--rate", "0", "--concurrency", "2")  # fmt: skip
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert result.returncode == 3, result.output
+    assert "office proxy" in result.stderr and "--base-url" in result.stderr
+    assert len(requests) <= 8

@@ -175,7 +175,12 @@ def test_pacer_is_read_defensively() -> None:
         limit = "300/min"
         forced_down = True
 
+    class Waiting:
+        rate = 0.5
+        waiting_until = time.time() + 600
+
     assert pacer_view(Bare()) == ("unlimited", False)
+    assert pacer_view(Waiting())[0].startswith("server limit reached: waiting until ")
     assert pacer_view(Limited()) == ("300/min, slowed by the server", True)
     assert pacer_view(_Pacer()) == ("10/s", False)
 
