@@ -25,9 +25,9 @@ from engine.config import config_path, layer_defaults
 from engine.errors import OzbulkError, UsageError
 from engine.logs import REDACTOR, setup_logging
 from engine.numbers import Normalizer
-from engine.pipeline import RunOutcome, delete, open_checkpoint
+from engine.pipeline import RunOutcome, delete, display_settings, open_checkpoint
 from engine.plan import Plan, make_plan, write_rejects
-from engine.progress import BarDisplay, LogDisplay
+from engine.progress import BarDisplay, LogDisplay, StoryOnly
 from engine.report import render_summary
 from engine.settings import InputSettings, RunSettings, Secret
 from engine.source import CsvSource
@@ -606,7 +606,7 @@ def json_event(event: str, **fields: Any) -> None:
 
 def _progress(args: argparse.Namespace, plan: Plan) -> Any:
     if args.quiet:
-        return None
+        return StoryOnly() if args.log_file is not None else None
     if args.no_progress or not sys.stderr.isatty():
         return LogDisplay(expected=plan.expected())
     return BarDisplay(plan.expected())
@@ -621,8 +621,11 @@ def cmd_delete(args: argparse.Namespace, argv: list[str], sources: dict[str, str
     if args.dry_run:
         return _dry_run(settings, as_json=as_json)
     settings.require_api_key()
+    story.info("ozbulk %s: delete, settings %s", package_version(),
+               json.dumps(display_settings(settings), default=str))  # fmt: skip
     with _source_logs_once():
         plan = make_plan(settings, prescan_allowed=not args.yes, restart=args.restart)
+    story.info("%s", plan.render())
     _show_plan(plan, as_json=as_json, quiet=args.quiet and args.yes)
     if plan.exact and plan.numbers == 0 and plan.resume is None:
         counts = plan.counts
@@ -659,8 +662,10 @@ def cmd_delete(args: argparse.Namespace, argv: list[str], sources: dict[str, str
         )  # fmt: skip
     else:
         print_summary(outcome, argv, quiet=args.quiet, out=sys.stderr if to_stdout else sys.stdout)
+    story.info("%s", render_summary(outcome.summary))
     if outcome.error is not None:
         log.error("%s", outcome.error)  # in full, on stderr and in the log file
+    story.info("%s", result_line(outcome))
     return outcome.exit_code
 
 
@@ -711,6 +716,24 @@ class _OnceFilter(logging.Filter):
 
 
 ONCE = _OnceFilter()
+
+
+def _tell_the_story(verbose: int) -> None:
+    """-v: a line per retry; -vv: a line per request. The story of a run (its settings, plan,
+    pace changes, summary and exit code) goes to the log file only: the terminal shows those
+    in its own way."""
+    logging.getLogger("engine.retries").setLevel(logging.INFO if verbose >= 1 else logging.WARNING)
+    logging.getLogger("engine.requests").setLevel(logging.DEBUG if verbose >= 2 else logging.INFO)
+    for handler in logging.getLogger().handlers:
+        if type(handler) is logging.StreamHandler and _not_the_story not in handler.filters:
+            handler.addFilter(_not_the_story)
+
+
+def _not_the_story(record: logging.LogRecord) -> bool:
+    return not record.name.startswith("engine.story")
+
+
+story = logging.getLogger("engine.story.cli")
 
 
 class _source_logs_once:
@@ -816,9 +839,11 @@ def main(argv: list[str] | None = None) -> int:
         source_log = logging.getLogger("engine.source")
         if ONCE not in source_log.filters:
             source_log.addFilter(ONCE)
+        _tell_the_story(args.verbose)
         return _dispatch(args, argv, sources)
     except OzbulkError as error:
         print(f"ozbulk: error: {REDACTOR.scrub(str(error))}", file=sys.stderr)
+        story.error("ozbulk: error: %s; exit %d", error, error.exit_code)
         return error.exit_code
     except KeyboardInterrupt:
         print("ozbulk: interrupted", file=sys.stderr)

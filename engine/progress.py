@@ -340,6 +340,7 @@ class BarDisplay:
 
         self.console = console or Console(stderr=True)
         self.meter = Meter(expected or Expected())
+        self.story = Story()
 
     async def run(self, run: Run) -> None:
         from rich.live import Live
@@ -356,6 +357,7 @@ class BarDisplay:
         with live, _logs_through(self.console):
             try:
                 while True:
+                    self.story.observe(run)
                     screen.figures = self.meter.read(run)
                     live.refresh()
                     await anyio.sleep(BAR_REFRESH_S)
@@ -394,18 +396,69 @@ def _terminal_handlers(terminal: Any) -> Iterator[logging.StreamHandler[Any]]:
             yield handler
 
 
+# Lines for the log file only (the command line keeps them off the terminal): the story of a
+# run, told as it changes.
+story_log = logging.getLogger("engine.story")
+STORY_TICK_S = 1.0
+
+
+class Story:
+    """Tells the log file when the pace changes (by a tenth or more, or the server slows or
+    pauses the run) and when a token is refreshed."""
+
+    def __init__(self) -> None:
+        self._pace: str | None = None
+        self._rate: float | None = None
+        self._slowed = False
+        self._refreshes = 0
+
+    def observe(self, run: Run) -> None:
+        pace, slowed = pacer_view(run.pacer)
+        rate = getattr(run.pacer, "rate", None)
+        rate = rate if isinstance(rate, int | float) else None
+        moved = (rate is None) != (self._rate is None) or (
+            rate is not None
+            and self._rate is not None
+            and abs(rate - self._rate) >= 0.1 * self._rate
+        )
+        if self._pace is None or slowed != self._slowed or (moved and pace != self._pace):
+            story_log.info("pace: %s", pace)
+            self._pace, self._rate, self._slowed = pace, rate, slowed
+        refreshes = run.collector.token_refreshes()
+        if isinstance(refreshes, int) and refreshes > self._refreshes:
+            story_log.info("token refreshed (%d so far in this pass)", refreshes)
+            self._refreshes = refreshes
+
+
+class StoryOnly:
+    """No display (-q), but a log file: only the story."""
+
+    def __init__(self) -> None:
+        self.story = Story()
+
+    async def run(self, run: Run) -> None:
+        while True:
+            self.story.observe(run)
+            await anyio.sleep(STORY_TICK_S)
+
+
 class LogDisplay:
     """One log line every ``interval`` seconds, for logs, CI and pipes."""
 
     def __init__(self, interval: float = 10.0, expected: Expected | None = None) -> None:
         self.interval = interval
         self.meter = Meter(expected or Expected())
+        self.story = Story()
 
     async def run(self, run: Run) -> None:
         self.meter.read(run)  # the first sample of the rates
+        next_line = time.monotonic() + self.interval
         while True:
-            await anyio.sleep(self.interval)
-            self.emit(self.meter.read(run))
+            self.story.observe(run)
+            await anyio.sleep(min(STORY_TICK_S, self.interval))
+            if time.monotonic() >= next_line:
+                next_line += self.interval
+                self.emit(self.meter.read(run))
 
     @staticmethod
     def emit(figures: Figures) -> None:

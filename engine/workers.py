@@ -17,6 +17,7 @@ sliding-window guard knows which requests the server may still be counting.
 
 from __future__ import annotations
 
+import logging
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -69,6 +70,11 @@ class ChunkResult:
     @property
     def failed(self) -> bool:
         return self.verdict is None
+
+
+# -v shows one line per retry, -vv one per request (the command line sets their levels).
+retry_log = logging.getLogger("engine.retries")
+request_log = logging.getLogger("engine.requests")
 
 
 @dataclass
@@ -150,6 +156,10 @@ async def send_chunk(chunk: Chunk, context: WorkerContext) -> ChunkResult | None
             raise
         else:
             pacer.on_success(ticket)
+            if request_log.isEnabledFor(logging.DEBUG):
+                request_log.debug("chunk %d, attempt %d: %d numbers, deleted %d, error %d",
+                                  chunk.id, attempts, len(chunk.numbers), verdict.deleted,
+                                  len(verdict.error))  # fmt: skip
             if context.first_contact is not None:
                 context.first_contact.succeeded()
             return ChunkResult(chunk, attempts, verdict)
@@ -165,6 +175,8 @@ async def send_chunk(chunk: Chunk, context: WorkerContext) -> ChunkResult | None
         if context.stopping.is_set():
             return None
         stats.retries += 1
+        if retry_log.isEnabledFor(logging.INFO):
+            retry_log.info("chunk %d, attempt %d failed (%s); retrying", chunk.id, attempts, last)
         if not isinstance(last, RateLimited | TokenRejected):
             # Full jitter: retries of many chunks that failed together do not return together.
             with anyio.move_on_after(

@@ -397,3 +397,40 @@ def test_summary_reads_at_a_glance(run_cli, fake_api, sample_csv, tmp_path):
     assert re.search(r"elapsed +\d+:\d\d:\d\d", text), text
     summary = json.loads((tmp_path / "s.json").read_text())
     assert {"deleted", "not_found", "elapsed_s", "chunks_total"} <= set(summary)
+
+
+def test_the_log_file_tells_the_whole_story(run_cli, fake_api, sample_csv, tmp_path):
+    """--log-file: version and settings (no key), the plan, the pace, the summary and the exit
+    code; the terminal does not get those lines twice. -v adds a line per retry."""
+    from importlib.metadata import version
+
+    server = fake_api(fault_rate=0.3, fault_kinds=("http_503",))
+    source = sample_csv(500)
+    server.state.seed(GROUP, accepted_numbers((str(source),)))
+    result = run_cli("-v", *delete_args(server, source, rate=50, log_file="run.log",
+                                        backoff_base=0.01))  # fmt: skip
+    assert result.returncode == 0, result.output
+    story = (tmp_path / "run.log").read_text()
+    for expected in (
+        f"ozbulk {version('ozbulk')}: delete, settings",
+        "ozbulk plan",
+        "pace: ",
+        "ozbulk summary",
+        "exit 0: complete",
+        "attempt 1 failed (HTTP 503",
+    ):
+        assert expected in story, (expected, story)
+    assert API_KEY not in story
+    assert "delete, settings" not in result.stderr and "pace: " not in result.stderr
+    assert "retrying" in result.stderr  # -v: one line per retry on the terminal too
+
+
+def test_very_verbose_logs_one_line_per_request(run_cli, fake_api, sample_csv):
+    """-vv: one line per request, with its verdict; without it, none."""
+    server = fake_api()
+    source = sample_csv(300)
+    quiet = run_cli(*delete_args(server, source))
+    assert "attempt 1:" not in quiet.stderr
+    loud = run_cli("-vv", *delete_args(server, source, restart=True))
+    assert loud.returncode == 0, loud.output
+    assert len(re.findall(r"chunk \d+, attempt 1: \d+ numbers, deleted", loud.stderr)) == 3
