@@ -462,6 +462,11 @@ def _expand(inputs: list[str]) -> tuple[str, ...]:
                 raise UsageError(f"{item}: no file matches this pattern")
             paths.extend(matches)
         else:
+            if item != "-" and os.path.isdir(item):
+                raise UsageError(
+                    f"{item}: is a folder, not a CSV file; give the files in it, e.g. "
+                    f"{shlex.quote(os.path.join(item, '*.csv'))}"
+                )
             if item != "-" and not os.path.isfile(item):
                 raise UsageError(f"{item}: no such file")
             paths.append(item)

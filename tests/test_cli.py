@@ -434,3 +434,11 @@ def test_very_verbose_logs_one_line_per_request(run_cli, fake_api, sample_csv):
     loud = run_cli("-vv", *delete_args(server, source, restart=True))
     assert loud.returncode == 0, loud.output
     assert len(re.findall(r"chunk \d+, attempt 1: \d+ numbers, deleted", loud.stderr)) == 3
+
+
+def test_a_folder_as_input_is_named_as_one(run_cli, tmp_path):
+    """A folder given as input is said to be a folder (with the glob to use), not "no such file"."""
+    (tmp_path / "exports").mkdir()
+    result = run_cli("delete", "exports", "--group-id", "1", "--user", USER, "--yes")
+    assert result.returncode == 2
+    assert "is a folder" in result.stderr and "exports/*.csv" in result.stderr
