@@ -314,12 +314,15 @@ def test_display_on_a_pseudo_terminal(fake_api, sample_csv, tmp_path, columns, c
     assert "exit 0" in text
 
 
-@pytest.mark.parametrize("columns", [80, 120, 200])
+@pytest.mark.parametrize(
+    ("columns", "confirm"), [(80, False), (120, False), (200, False), (80, True)]
+)
 def test_a_resume_on_a_pseudo_terminal_starts_from_the_work_done(
-    fake_api, sample_csv, tmp_path, columns
+    fake_api, sample_csv, tmp_path, columns, confirm
 ):
-    """Stopped at 30 % and resumed with --yes: the first display of the resume already shows
-    at least that share, and the total is exact (the stop came after the input was read)."""
+    """Stopped at 30 % and resumed (with --yes, or confirmed at the prompt after a plan that
+    says it resumes): the first display of the resume already shows at least that share, and
+    the total is exact (the stop came after the input was read)."""
     source = sample_csv(3000)
     server = fake_api()
     server.state.seed(GROUP, accepted_numbers((str(source),)))
@@ -332,12 +335,16 @@ def test_a_resume_on_a_pseudo_terminal_starts_from_the_work_done(
         os.close(leader)
     done_before = server.stats()["numbers_deleted"]
     assert 0 < done_before < 2900
+    if confirm:
+        args.remove("--yes")
     process, leader = _spawn(args, tmp_path, columns)
     try:
-        shots, final = _watch(process, leader, columns)
+        shots, final = _watch(process, leader, columns, answer=b"yes\n" if confirm else None)
         assert process.wait(timeout=30) == 0, "\n".join(final)
     finally:
         os.close(leader)
+    if confirm:
+        assert any(line.startswith("  resumes ") for line in final), "\n".join(final)
     _check_screens(shots, columns, exact=True, total=_accepted(source))
     first, _ = _display(shots[0])
     found = re.search(r"([\d,]+)/([\d,]+)", first)
