@@ -442,3 +442,22 @@ def test_a_folder_as_input_is_named_as_one(run_cli, tmp_path):
     result = run_cli("delete", "exports", "--group-id", "1", "--user", USER, "--yes")
     assert result.returncode == 2
     assert "is a folder" in result.stderr and "exports/*.csv" in result.stderr
+
+
+def test_the_plan_of_retry_failed_counts_only_the_failed_chunks(
+    run_cli, fake_api, sample_csv, tmp_path
+):
+    """--retry-failed: the plan names exactly the chunks that failed, and that many are sent."""
+    source = sample_csv(2000)
+    server = fake_api(fault_rate=0.3, fault_kinds=("http_503",))
+    server.state.seed(GROUP, accepted_numbers((str(source),)))
+    first = run_cli(*delete_args(server, source, rate=0, max_attempts=1, breaker_ratio=1.0,
+                                 summary_json="s.json"))  # fmt: skip
+    assert first.returncode == 1, first.output
+    failed = json.loads((tmp_path / "s.json").read_text())["chunks_failed"]
+    healthy = fake_api()
+    healthy.state.seed(GROUP, accepted_numbers((str(source),)))
+    again = run_cli(*delete_args(healthy, source, rate=0, retry_failed=True))
+    assert again.returncode == 0, again.output
+    assert f"requests     {failed:,} (--retry-failed" in again.stderr, again.stderr
+    assert healthy.stats()["delete_requests"] == failed

@@ -298,7 +298,7 @@ def test_display_on_a_pseudo_terminal(fake_api, sample_csv, tmp_path, columns, c
     source = sample_csv(3000)
     server = fake_api()
     server.state.seed(GROUP, accepted_numbers((str(source),)))
-    args = [a for a in delete_args(server, source, rate=12) if a != "--no-progress"]
+    args = [a for a in delete_args(server, source, rate=20) if a != "--no-progress"]
     if confirm:
         args.remove("--yes")
     process, leader = _spawn(args, tmp_path, columns)
@@ -326,7 +326,7 @@ def test_a_resume_on_a_pseudo_terminal_starts_from_the_work_done(
     source = sample_csv(3000)
     server = fake_api()
     server.state.seed(GROUP, accepted_numbers((str(source),)))
-    args = [a for a in delete_args(server, source, rate=12) if a != "--no-progress"]
+    args = [a for a in delete_args(server, source, rate=20) if a != "--no-progress"]
     process, leader = _spawn(args, tmp_path, columns)
     try:
         _watch(process, leader, columns, stop_at=0.3)
