@@ -92,9 +92,13 @@ class Parser(argparse.ArgumentParser):
         kwargs["allow_abbrev"] = False
         super().__init__(*args, **kwargs)
 
+    # The command being parsed: argparse reports a subcommand's unknown flags from the top.
+    command: str | None = None
+
     def error(self, message: str) -> NoReturn:
         hint = _nearest(message)
-        help_hint = f"; see {self.prog} --help"
+        about = f"ozbulk {self.command}" if self.prog == "ozbulk" and self.command else self.prog
+        help_hint = f"; see {about} --help"
         self.exit(2, f"{self.prog}: error: {message}{hint}{help_hint}\n")
 
 
@@ -831,6 +835,7 @@ def _dispatch(args: argparse.Namespace, argv: list[str], sources: dict[str, str]
 
 def main(argv: list[str] | None = None) -> int:
     argv = hoist_global_options(list(sys.argv[1:] if argv is None else argv))
+    Parser.command = argv[0] if argv and argv[0] in COMMANDS else None
     parser = build_parser()
     verbose = "-v" in argv or "--verbose" in argv or "-vv" in argv
     try:

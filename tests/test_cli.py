@@ -234,6 +234,7 @@ def test_abbreviated_flags_are_refused_with_the_nearest_flag(run_cli, sample_csv
         result = run_cli("delete", source, "--user", USER, "--group-id", "1", typo, "3")
         assert result.returncode == 2, result.output
         assert f"did you mean {meant}?" in result.stderr, result.stderr
+        assert "see ozbulk delete --help" in result.stderr
         assert len(result.stderr.strip().splitlines()) == 1, result.stderr
 
 
