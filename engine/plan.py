@@ -248,6 +248,8 @@ def check_checkpoint(settings: RunSettings) -> dict[str, Any] | None:
             )
         state: dict[str, Any] = dict(checkpoint.sums())
         state["input"] = checkpoint.meta("input") or {}
+        # What an earlier pass learned of the server's limit, for the plan's pace and duration.
+        state["server_limit"] = (checkpoint.meta("counters", {}) or {}).get("server_limit")
         return state
     finally:
         checkpoint.close()
