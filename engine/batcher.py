@@ -17,6 +17,7 @@ producer is between two chunks.
 from __future__ import annotations
 
 import logging
+import os
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
@@ -166,6 +167,8 @@ class Producer:
     start: ProducerState | None = None
     on_state: StateSink | None = None
     state_every: int = STATE_EVERY_ROWS
+    # Bytes of the input files taken so far (see CsvSource.consumed_bytes); 0 for stdin.
+    bytes_read: int = 0
 
     def chunks(self) -> Iterator[Chunk]:
         size = self.settings.batch_size
@@ -191,8 +194,10 @@ class Producer:
             self.layouts = list(start.layouts)
         mark = self.seen.mark
         next_state = counts.rows + self._state_gap(counts.rows)
+        files_before = 0  # bytes in the files before the one being read
         for file_index, name in enumerate(self.settings.paths):
             if file_index < first_file:
+                files_before += _size(name)
                 continue
             source = CsvSource(name, self.settings.column, self.normalizer.looks_like_phone)
             before = replace(counts)
@@ -211,6 +216,7 @@ class Producer:
                 counts.rejected += len(rejects)
                 counts.duplicates += len(duplicates)
                 counts.accepted += len(accepted)
+                self.bytes_read = files_before + source.consumed_bytes()
                 numbers += accepted
                 lines += batch_lines
                 files += [file_index] * len(accepted)
@@ -228,6 +234,8 @@ class Producer:
                         list(lines), self.seen.serialize(), list(self.layouts),
                     ))  # fmt: skip
                     next_state = counts.rows + self._state_gap(counts.rows)
+            files_before += _size(name)
+            self.bytes_read = files_before
             if source.layout is not None:
                 self.layouts.append(source.layout)
             log.info(
@@ -259,6 +267,15 @@ class Producer:
         for position, reason in rejects:
             raw = (cells[position] or "")[:RAW_KEEP]
             self.on_reject(Reject(file_index, lines[position], raw, reason))
+
+
+def _size(path: str) -> int:
+    if path == "-":
+        return 0
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return 0  # reading it says what is wrong
 
 
 def accepted_numbers(paths: tuple[str, ...], column: str | None = None) -> Iterator[str]:

@@ -11,23 +11,26 @@ import glob
 import json
 import logging
 import os
+import re
 import shlex
 import sys
+import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import anyio
 
 from engine import settings as defaults
 from engine.config import config_path, layer_defaults
-from engine.errors import InputError, OzbulkError, UsageError
+from engine.errors import OzbulkError, UsageError
 from engine.logs import REDACTOR, setup_logging
 from engine.numbers import Normalizer
-from engine.pipeline import RunOutcome, delete, open_checkpoint
+from engine.pipeline import RunOutcome, delete, display_settings, open_checkpoint
 from engine.plan import Plan, make_plan, write_rejects
-from engine.progress import BarDisplay, LogDisplay
+from engine.progress import BarDisplay, LogDisplay, StoryOnly
 from engine.rates import parse_rate
 from engine.redact import RedactingStream
+from engine.report import render_summary
 from engine.settings import InputSettings, RunSettings, Secret
 from engine.source import CsvSource
 from engine.status import show_status, write_report_for
@@ -39,8 +42,10 @@ exit codes:
   0    complete: every number has a verdict
   1    finished, but some chunks failed after all retries (re-run to retry them)
   2    bad usage, settings, input or checkpoint (nothing was sent)
-  3    stopped by an answer no retry can fix (bad credentials, invalid group id); resumable
+  3    stopped by an answer no retry can fix (bad credentials, invalid group id), or because
+       none of the first 2,000 numbers sent was in the group (see --allow-not-found); resumable
   4    the checkpoint could not be written (disk full, read-only); resumable once fixed
+  70   internal error: a bug in ozbulk (run again with -v for the traceback, and report it)
   130  interrupted (Ctrl-C or SIGTERM); re-run the same command to resume
 """
 
@@ -78,8 +83,58 @@ def _rate(text: str) -> str:
 LAYERED: list[argparse.ArgumentParser] = []
 
 
-def _common_options() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
+class Parser(argparse.ArgumentParser):
+    """argparse without its surprises: no abbreviated flags (``--rat 3`` is not ``--rate``),
+    and a mistake is one line that names the nearest flag, not a usage dump."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs["allow_abbrev"] = False
+        super().__init__(*args, **kwargs)
+
+    # The command being parsed: argparse reports a subcommand's unknown flags from the top.
+    command: str | None = None
+
+    def error(self, message: str) -> NoReturn:
+        hint = _nearest(message)
+        about = f"ozbulk {self.command}" if self.prog == "ozbulk" and self.command else self.prog
+        help_hint = f"; see {about} --help"
+        self.exit(2, f"{self.prog}: error: {message}{hint}{help_hint}\n")
+
+
+def _all_options() -> set[str]:
+    names: set[str] = set()
+    for parser in [*ALL_PARSERS]:
+        names.update(parser._option_string_actions)
+    return names
+
+
+ALL_PARSERS: list[argparse.ArgumentParser] = []
+
+
+def _nearest(message: str) -> str:
+    """ " (did you mean --rate?)" for an unknown flag or command close to a known one."""
+    import difflib
+
+    unknown = re.findall(r"(?:unrecognized arguments: |invalid choice: ')(\S+?)'?(?:\s|$)", message)
+    words = re.findall(r"(?<![\w-])(--?[\w-]+)", message) if "unrecognized" in message else []
+    candidates = [*unknown, *words]
+    if not candidates:
+        return ""
+    word = candidates[0].split("=", 1)[0]
+    known = _all_options() if word.startswith("-") else set(COMMANDS)
+    match = difflib.get_close_matches(word, sorted(known), n=1, cutoff=0.6)
+    if not match and word.startswith("--"):
+        match = sorted(name for name in known if name.startswith(word))[:1]
+    return f" (did you mean {match[0]}?)" if match else ""
+
+
+COMMANDS = ("delete", "config", "status", "report", "sample", "mock-server", "demo")
+GLOBAL_SWITCHES = frozenset({"-v", "-vv", "-vvv", "--verbose", "-q", "--quiet"})
+GLOBAL_WITH_VALUE = frozenset({"--log-file", "--log-format"})
+
+
+def _common_options() -> Parser:
+    common = Parser(add_help=False)
     output = common.add_argument_group("output")
     output.add_argument(
         "-v",
@@ -231,6 +286,12 @@ def _add_delete_options(run: argparse.ArgumentParser) -> None:
         action="store_true",
         help="re-send only the chunks that failed in an earlier pass",
     )
+    state.add_argument(
+        "--allow-not-found",
+        action="store_true",
+        help="go on even when none of the first 2,000 numbers sent was in the group (a "
+        "deliberate second clean-up); without it such a run stops with exit 3",
+    )
     state.add_argument("--summary-json", type=Path, help="write the run's totals to this file")
     state.add_argument(
         "--report-dir", type=Path, help="report folder (default: the checkpoint's name + .report)"
@@ -254,12 +315,13 @@ def _add_delete_options(run: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="ozbulk",
         description="Delete phone numbers in bulk from an Ozonetel CloudAgent block-number group.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="Start with: ozbulk delete --help    (or: ozbulk demo, on a built-in fake API)",
     )
+    parser.add_argument("--version", action="version", version=f"ozbulk {package_version()}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     common = _common_options()
     LAYERED.clear()
@@ -315,14 +377,78 @@ def build_parser() -> argparse.ArgumentParser:
         default=0,
         help="generate this many rows instead of using the sample file",
     )
+    ALL_PARSERS[:] = [parser, run, config, show, status, report, sample, mock, demo]
     return parser
 
 
-def _api_key(args: argparse.Namespace) -> Secret:
-    """--api-key, then --api-key-file, then OZBULK_API_KEY / OZONETEL_API_KEY."""
+def package_version() -> str:
+    """The version in the package's metadata: pyproject.toml is the one place it is written."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("ozbulk")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed)"
+
+
+def hoist_global_options(argv: list[str]) -> list[str]:
+    """``ozbulk -q status X`` works: output options given before the command move after it
+    (after ``config show`` for that command), where argparse looks for them."""
+    moved: list[str] = []
+    index = 0
+    while index < len(argv) and argv[index].startswith("-"):
+        word = argv[index]
+        name = word.split("=", 1)[0]
+        if word in GLOBAL_SWITCHES:
+            moved.append(word)
+        elif name in GLOBAL_WITH_VALUE:
+            moved.append(word)
+            if "=" not in word and index + 1 < len(argv):
+                index += 1
+                moved.append(argv[index])
+        else:
+            return argv  # --help, --version, or a mistake argparse will name
+        index += 1
+    if not moved or index >= len(argv):
+        return argv
+    rest = argv[index:]
+    depth = 2 if rest[0] == "config" and len(rest) > 1 and not rest[1].startswith("-") else 1
+    return rest[:depth] + moved + rest[depth:]
+
+
+# Where a setting came from, strongest first: the same rule for the API key as for the rest.
+_RANK = {"flag": 3, "environment": 2, "file": 1}
+
+
+def api_key_source(args: argparse.Namespace, sources: dict[str, str]) -> tuple[str, str] | None:
+    """Which of --api-key, --api-key-file and OZONETEL_API_KEY gives the key, and from where.
+
+    flags > environment (OZBULK_API_KEY, OZBULK_API_KEY_FILE, OZONETEL_API_KEY) > file; at one
+    level, a key given outright beats a key file.
+    """
+    offers: list[tuple[int, int, str, str]] = []
     if args.api_key:
-        return Secret(args.api_key)
+        where = sources.get("api_key", "flag")
+        offers.append((_RANK[where.split()[0]], 2, "api_key", where))
     if args.api_key_file is not None:
+        where = sources.get("api_key_file", "flag")
+        offers.append((_RANK[where.split()[0]], 1, "api_key_file", where))
+    if os.environ.get("OZONETEL_API_KEY"):
+        offers.append((_RANK["environment"], 0, "env", "environment OZONETEL_API_KEY"))
+    if not offers:
+        return None
+    _, _, kind, where = max(offers)
+    return kind, where
+
+
+def _api_key(args: argparse.Namespace, sources: dict[str, str]) -> Secret:
+    chosen = api_key_source(args, sources)
+    if chosen is None:
+        return Secret("")
+    kind, _ = chosen
+    if kind == "api_key":
+        return Secret(args.api_key)
+    if kind == "api_key_file":
         try:
             return Secret(args.api_key_file.expanduser().read_text().strip())
         except OSError as error:
@@ -342,13 +468,20 @@ def _expand(inputs: list[str]) -> tuple[str, ...]:
                 raise UsageError(f"{item}: no file matches this pattern")
             paths.extend(matches)
         else:
+            if item != "-" and os.path.isdir(item):
+                raise UsageError(
+                    f"{item}: is a folder, not a CSV file; give the files in it, e.g. "
+                    f"{shlex.quote(os.path.join(item, '*.csv'))}"
+                )
             if item != "-" and not os.path.isfile(item):
                 raise UsageError(f"{item}: no such file")
             paths.append(item)
     return tuple(paths)
 
 
-def settings_from_args(args: argparse.Namespace) -> RunSettings:
+def settings_from_args(
+    args: argparse.Namespace, sources: dict[str, str] | None = None
+) -> RunSettings:
     for flag, value in (("--group-id", args.group_id), ("--user", args.user)):
         if value is None:
             env = "OZBULK_" + flag[2:].replace("-", "_").upper()
@@ -366,7 +499,7 @@ def settings_from_args(args: argparse.Namespace) -> RunSettings:
         raise UsageError(str(error)) from None
     ceiling = None if pace in ("auto", "0") else parse_rate(pace)
     checkpoint = args.checkpoint or Path(f"ozbulk-{args.user}-{args.group_id}.ckpt")
-    api_key = _api_key(args)
+    api_key = _api_key(args, sources or {})
     REDACTOR.add(api_key.reveal())
     return RunSettings(
         inputs=inputs,
@@ -392,6 +525,7 @@ def settings_from_args(args: argparse.Namespace) -> RunSettings:
         breaker_ratio=args.breaker_ratio,
         allow_insecure_http=args.allow_insecure_http,
         retry_failed=args.retry_failed,
+        allow_not_found=args.allow_not_found,
         summary_json=args.summary_json,
         report_dir=args.report_dir,
         producer_process=args.producer == "process",
@@ -427,70 +561,151 @@ def resume_command(argv: list[str]) -> str:
     return shlex.join(words)
 
 
-def print_summary(outcome: RunOutcome, argv: list[str] | None = None) -> None:
-    summary = outcome.summary
-    keys = (
-        "rows", "accepted", "rejected", "duplicates", "chunks_total", "chunks_done",
-        "chunks_failed", "sent", "deleted", "not_found", "error", "failed_numbers",
-        "in_doubt_chunks", "requests", "retries", "rate_limited", "elapsed_s", "complete",
-    )  # fmt: skip
-    width = max(len(key) for key in keys)
-    lines = [f"  {key:<{width}}  {summary.get(key)}" for key in keys]
-    if summary.get("server_limit"):
-        lines.append(f"  {'server_limit':<{width}}  {summary['server_limit']}")
+def result_line(outcome: RunOutcome) -> str:
+    """The one-line result: the exit code and what it means."""
+    stopped_by = _gist(str(outcome.summary.get("stopped_by", "")))
+    if outcome.exit_code == 0 and not outcome.summary.get("accepted"):
+        return "exit 0: complete, but the input held no phone number to send"
     meaning = {
         0: "complete: every number has a verdict",
         1: "finished with failed chunks: re-run the same command to retry them",
         130: "interrupted: re-run the same command to resume",
-    }.get(outcome.exit_code, f"stopped: {summary.get('stopped_by', '')}")
-    print("ozbulk summary\n" + "\n".join(lines))
-    if summary.get("report"):
-        print(
-            f"  report       {summary['report']}/ (summary.json, errors.csv, rejected.csv, "
-            "failed_chunks.csv, in_doubt.csv)"
-        )
-    print(f"  checkpoint   {summary['checkpoint']}")
-    print(f"exit {outcome.exit_code}: {meaning}")
+    }.get(outcome.exit_code, f"stopped: {stopped_by}")
+    return f"exit {outcome.exit_code}: {meaning}"
+
+
+def _gist(reason: str) -> str:
+    """The first clause of a stop's reason, for the one-line result; the error itself is
+    logged in full (on stderr), so the long text is not said twice."""
+    reason = reason.removeprefix("stopped: ").removeprefix("stopped by ")
+    gist = re.split(r"(?<=[^.\d])[.;](?:\s|$)| \(", reason, maxsplit=1)[0]
+    return gist if len(gist) <= 100 else gist[:99] + "…"
+
+
+def resume_hint(outcome: RunOutcome, argv: list[str] | None) -> str | None:
     # A bad input fails the same way on every re-run: resuming is not the advice then.
-    if outcome.exit_code != 0 and argv is not None and not isinstance(outcome.error, InputError):
-        if "-" in argv:
-            print("standard input was read once and cannot be resumed: save it to a file first")
-        else:
-            print(f"resume with: {resume_command(argv)}")
-
-
-def _progress(args: argparse.Namespace, total: int | None) -> Any:
-    if args.quiet:
+    if outcome.exit_code == 0 or argv is None or isinstance(outcome.error, UsageError):
         return None
+    if "-" in argv:
+        return "standard input was read once and cannot be resumed: save it to a file first"
+    return f"resume with: {resume_command(argv)}"
+
+
+def print_summary(
+    outcome: RunOutcome,
+    argv: list[str] | None = None,
+    *,
+    paths: bool = True,
+    quiet: bool = False,
+    out: Any = None,
+) -> None:
+    """The summary in words (unless quiet), then the one-line result and how to resume."""
+    out = out or sys.stdout
+    if not quiet:
+        print(render_summary(outcome.summary, paths=paths), file=out)
+    print(result_line(outcome), file=out)
+    hint = resume_hint(outcome, argv)
+    if hint:
+        print(hint, file=out)
+
+
+def json_event(event: str, **fields: Any) -> None:
+    """One JSON line on stderr, in the shape of the JSON log lines around it."""
+    entry = {
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()) + "Z",
+        "level": "info",
+        "logger": "engine.cli",
+        "event": event,
+        **fields,
+    }
+    print(REDACTOR.scrub(json.dumps(entry, default=str)), file=sys.stderr)
+
+
+def _progress(args: argparse.Namespace, plan: Plan) -> Any:
+    if args.quiet:
+        return StoryOnly() if args.log_file is not None else None
     if args.no_progress or not sys.stderr.isatty():
-        return LogDisplay()
-    return BarDisplay(total=total)
+        return LogDisplay(expected=plan.expected())
+    return BarDisplay(plan.expected())
 
 
-def cmd_delete(args: argparse.Namespace, argv: list[str]) -> int:
-    settings = settings_from_args(args)
+def cmd_delete(args: argparse.Namespace, argv: list[str], sources: dict[str, str]) -> int:
+    settings = settings_from_args(args, sources)
+    as_json = args.log_format == "json"
     if settings.inputs.from_stdin:
         log.warning("reading standard input: this run cannot be resumed if interrupted")
     _check_inputs(settings)
     if args.dry_run:
-        return _dry_run(settings)
+        return _dry_run(settings, as_json=as_json)
     settings.require_api_key()
-    plan = make_plan(settings, prescan_allowed=not args.yes)
-    print(plan.render(), file=sys.stderr)
+    story.info("ozbulk %s: delete, settings %s", package_version(),
+               json.dumps(display_settings(settings), default=str))  # fmt: skip
+    with _source_logs_once():
+        plan = make_plan(settings, prescan_allowed=not args.yes, restart=args.restart)
+    story.info("%s", plan.render())
+    _show_plan(plan, as_json=as_json, quiet=args.quiet and args.yes)
+    if plan.exact and plan.numbers == 0 and plan.resume is None:
+        counts = plan.counts
+        assert counts is not None
+        raise UsageError(
+            f"nothing to send: the input holds no phone number ({counts.rows:,} rows: "
+            f"{counts.rejected:,} rejected, {counts.duplicates:,} duplicates); --dry-run writes "
+            "rejected.csv with the reason for each row"
+        )
     _confirm(args.yes)
     checkpoint = open_checkpoint(settings, restart=args.restart)
-    progress = _progress(args, plan.numbers if plan.exact else None)
+    progress = _progress(args, plan)
     outcome = anyio.run(
         lambda: delete(settings, checkpoint=checkpoint, progress=progress, handle_signals=True)
     )
-    if settings.summary_json is not None:
-        settings.summary_json.write_text(
-            json.dumps(outcome.summary, indent=2, sort_keys=True) + "\n"
-        )
-    print_summary(outcome, argv)
+    if (
+        outcome.exit_code == 0
+        and not outcome.summary.get("accepted")
+        and outcome.summary.get("complete")
+    ):
+        # A run that had nothing to send did not do its job: say so, never "complete".
+        outcome = RunOutcome(outcome.summary, 2, UsageError(
+            "nothing was sent: the input holds no phone number; the report's rejected.csv says "
+            "why each row was refused"
+        ))  # fmt: skip
+        outcome.summary["exit_code"] = 2
+        outcome.summary["stopped_by"] = str(outcome.error)
+    _write_summary_json(settings.summary_json, outcome.summary)
+    to_stdout = settings.summary_json is not None and str(settings.summary_json) == "-"
+    if as_json:
+        json_event(
+            "summary", summary=outcome.summary, result=result_line(outcome),
+            resume=resume_hint(outcome, argv),
+        )  # fmt: skip
+    else:
+        print_summary(outcome, argv, quiet=args.quiet, out=sys.stderr if to_stdout else sys.stdout)
+    story.info("%s", render_summary(outcome.summary))
     if outcome.error is not None:
-        log.error("%s", outcome.error)
+        log.error("%s", outcome.error)  # in full, on stderr and in the log file
+    story.info("%s", result_line(outcome))
     return outcome.exit_code
+
+
+def _show_plan(plan: Plan, *, as_json: bool, quiet: bool) -> None:
+    """The plan, always on stderr: text, or one JSON event with --log-format json."""
+    if as_json:
+        json_event("plan", text=plan.render().splitlines()[1:], numbers=plan.numbers,
+                   exact=plan.exact, requests=plan.remaining_requests(),
+                   resumes=plan.resume is not None)  # fmt: skip
+    elif not quiet:
+        print(plan.render(), file=sys.stderr)
+
+
+def _write_summary_json(path: Path | None, summary: dict[str, Any]) -> None:
+    """--summary-json FILE, or - for standard output (the printed summary then goes to stderr)."""
+    if path is None:
+        return
+    text = json.dumps(summary, indent=2, sort_keys=True) + "\n"
+    if str(path) == "-":
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    else:
+        path.write_text(text)
 
 
 def _check_inputs(settings: RunSettings) -> None:
@@ -501,23 +716,76 @@ def _check_inputs(settings: RunSettings) -> None:
             CsvSource(path, settings.inputs.column, looks_like_phone).inspect()
 
 
-def _dry_run(settings: RunSettings) -> int:
+class _OnceFilter(logging.Filter):
+    """Lets each distinct message through once: the check, the pre-scan and the run each open
+    the input, and each opening says which column it reads."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._seen: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        if text in self._seen:
+            return False
+        self._seen.add(text)
+        return True
+
+
+ONCE = _OnceFilter()
+
+
+def _tell_the_story(verbose: int) -> None:
+    """-v: a line per retry; -vv: a line per request. The story of a run (its settings, plan,
+    pace changes, summary and exit code) goes to the log file only: the terminal shows those
+    in its own way."""
+    logging.getLogger("engine.retries").setLevel(logging.INFO if verbose >= 1 else logging.WARNING)
+    logging.getLogger("engine.requests").setLevel(logging.DEBUG if verbose >= 2 else logging.INFO)
+    for handler in logging.getLogger().handlers:
+        if type(handler) is logging.StreamHandler and _not_the_story not in handler.filters:
+            handler.addFilter(_not_the_story)
+
+
+def _not_the_story(record: logging.LogRecord) -> bool:
+    return not record.name.startswith("engine.story")
+
+
+story = logging.getLogger("engine.story.cli")
+
+
+class _source_logs_once:
+    """While the pre-scan reads the input, its per-file totals stay out of the log (the plan
+    says them); the source's words about each file are logged once per process."""
+
+    def __enter__(self) -> None:
+        logging.getLogger("engine.batcher").setLevel(logging.WARNING)
+
+    def __exit__(self, *exc: object) -> None:
+        logging.getLogger("engine.batcher").setLevel(logging.NOTSET)
+
+
+def _dry_run(settings: RunSettings, *, as_json: bool = False) -> int:
     out = settings.report_dir or settings.checkpoint.with_name(
         settings.checkpoint.name + ".dry-run"
     )
     counts = write_rejects(settings, out)
     plan = Plan(settings, counts, True, None, None)
-    print(plan.render().replace("ozbulk plan", "ozbulk plan (dry run: nothing sent)"))
-    print(f"  rejected rows written to {out / 'rejected.csv'}")
-    if settings.summary_json is not None:
-        totals = {key: getattr(counts, key) for key in ("rows", "accepted", "rejected",
-                                                          "duplicates", "chunks")}  # fmt: skip
-        settings.summary_json.write_text(json.dumps({**totals, "dry_run": True}, indent=2) + "\n")
+    if as_json:
+        json_event("plan", dry_run=True, text=plan.render().splitlines()[1:],
+                   rejected_csv=str(out / "rejected.csv"))  # fmt: skip
+    else:
+        text = plan.render().replace("ozbulk plan", "ozbulk plan (dry run: nothing sent)")
+        print(text, file=sys.stderr)
+        print(f"  rejected rows written to {out / 'rejected.csv'}", file=sys.stderr)
+    totals = {key: getattr(counts, key) for key in ("rows", "accepted", "rejected",
+                                                      "duplicates", "chunks")}  # fmt: skip
+    _write_summary_json(settings.summary_json, {**totals, "dry_run": True})
     return 0
 
 
 def cmd_config(args: argparse.Namespace, sources: dict[str, str]) -> int:
-    settings = settings_from_args(args)
+    settings = settings_from_args(args, sources)
+    key_source = api_key_source(args, sources)
     print(f"{'setting':<22} {'value':<48}  source")
     for name, value in vars(args).items():
         if name in NOT_SHOWN:
@@ -527,8 +795,9 @@ def cmd_config(args: argparse.Namespace, sources: dict[str, str]) -> int:
         if name == "rate":
             value = settings.pace_shown
         source = sources.get(name, "default")
-        if name == "api_key" and name not in sources and settings.api_key:
-            source = "file" if args.api_key_file else "environment OZONETEL_API_KEY"
+        if name == "api_key" and key_source is not None:
+            kind, where = key_source
+            source = f"--api-key-file ({where})" if kind == "api_key_file" else where
         if name == "inputs" and name not in sources and value:
             source = "argument"
         print(f"{name.replace('_', '-'):<22} {value!s:<48}  {source}")
@@ -552,7 +821,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
 def _dispatch(args: argparse.Namespace, argv: list[str], sources: dict[str, str]) -> int:
     command = args.command
     if command == "delete":
-        return cmd_delete(args, argv)
+        return cmd_delete(args, argv, sources)
     if command == "config":
         return cmd_config(args, sources)
     if command == "sample":
@@ -583,7 +852,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    argv = hoist_global_options(list(sys.argv[1:] if argv is None else argv))
+    Parser.command = argv[0] if argv and argv[0] in COMMANDS else None
     parser = build_parser()
     verbose = "-v" in argv or "--verbose" in argv or "-vv" in argv
     try:
@@ -594,9 +864,14 @@ def _main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
         setup_logging(verbose=args.verbose, quiet=args.quiet, log_file=args.log_file,
                       fmt=args.log_format)  # fmt: skip
+        source_log = logging.getLogger("engine.source")
+        if ONCE not in source_log.filters:
+            source_log.addFilter(ONCE)
+        _tell_the_story(args.verbose)
         return _dispatch(args, argv, sources)
     except OzbulkError as error:
         print(f"ozbulk: error: {REDACTOR.scrub(str(error))}", file=sys.stderr)
+        story.error("ozbulk: error: %s; exit %d", error, error.exit_code)
         return error.exit_code
     except KeyboardInterrupt:
         print("ozbulk: interrupted", file=sys.stderr)

@@ -40,6 +40,8 @@ from engine import streams
 from engine.batcher import Chunk, InputCounts, Reject
 from engine.checkpoint import DONE, FAILED, Checkpoint, ChunkRecord
 from engine.errors import CircuitOpen
+from engine.guard import COUNTER_KEY as GUARD_KEY
+from engine.guard import NotFoundGuard
 from engine.limits import Limit
 from engine.workers import ChunkResult, LiveStats
 
@@ -117,6 +119,7 @@ class Collector:
         counters: dict[str, Any],
         in_doubt_below: int,
         breaker: CircuitBreaker,
+        guard: NotFoundGuard | None = None,
         write: Any,
         commit_interval: float,
         horizon_step: int,
@@ -128,6 +131,7 @@ class Collector:
         self._counters_before = dict(counters)
         self._in_doubt_below = in_doubt_below
         self._breaker = breaker
+        self.guard = guard
         self._write = write
         self._interval = commit_interval
         self._horizon_step = horizon_step
@@ -319,6 +323,10 @@ class Collector:
             )  # fmt: skip
         self._records.append(record)
         self._breaker.record(result.failed)
+        if verdict is not None and self.guard is not None:
+            self.guard.record(
+                len(chunk.numbers), verdict.deleted, len(verdict.error), in_doubt=chunk.in_doubt
+            )
 
     def counters(self) -> dict[str, Any]:
         before, stats = self._counters_before, self.stats
@@ -332,6 +340,7 @@ class Collector:
             "passes": before.get("passes", 0) + 1,
             # Kept so that a resume paces at the server's limit instead of learning it again.
             "server_limit": _learned(self._server_limit()) or before.get("server_limit"),
+            **({} if self.guard is None else {GUARD_KEY: self.guard.decision}),
         }
 
     def commit(self) -> None:

@@ -47,7 +47,7 @@ def run_demo(rows: int = 0) -> int:
                 concurrency=16,
             )
             outcome = anyio.run(lambda: delete(settings, progress=LogDisplay(interval=1.0)))
-            print_summary(outcome)
+            print_summary(outcome, paths=False)  # the folder is removed when the demo ends
             left = server.state.remaining(1)
             verdict = "all deleted" if left == 0 else "NOT all deleted"
             print(f"fake API: group 1 now holds {left} numbers ({verdict})")

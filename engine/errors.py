@@ -18,7 +18,9 @@
     │       ├── InvalidGroupError      3  the group id does not exist for this account
     │       ├── AuthError              3  bad user name, API key, or token budget spent
     │       ├── RequestRejected        3  "Parameters are mandatory": a bug in ozbulk
-    │       └── CircuitOpen            3  most recent chunks failed: the server is broken
+    │       ├── CircuitOpen            3  most recent chunks failed: the server is broken
+    │       ├── NothingDeleted         3  none of the first ~2,000 numbers was in the group
+    │       └── NoApiThere             3  no connection, or pages that are not the API
 
 A run stopped by Ctrl-C or SIGTERM is not an error: it ends with exit code 130 after committing
 (see :class:`engine.pipeline.StopControl`), and re-running the same command resumes it.
@@ -176,3 +178,11 @@ class RequestRejected(FatalApiError):
 
 class CircuitOpen(FatalApiError):
     """Most of the recent chunks failed after all retries: the server looks broken."""
+
+
+class NothingDeleted(FatalApiError):
+    """None of the first numbers sent was in the group: a wrong form, group or user."""
+
+
+class NoApiThere(FatalApiError):
+    """Before any verdict, requests found no connection or pages that are not the API."""

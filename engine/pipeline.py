@@ -38,6 +38,8 @@ from engine.checkpoint import (
 from engine.client import OzonetelClient
 from engine.collector import CircuitBreaker, Collector
 from engine.errors import CheckpointWriteError, OzbulkError
+from engine.guard import COUNTER_KEY as GUARD_KEY
+from engine.guard import FirstContact, NotFoundGuard
 from engine.limits import Limit, describe_limit
 from engine.numbers import Normalizer, formatter
 from engine.pacing import Pacer
@@ -131,12 +133,21 @@ class Run:
         )
         self.done = checkpoint.ids(DONE)
         self.failed_before = checkpoint.ids(FAILED)
+        counters = checkpoint.meta("counters", {}) or {}
+        self.guard = NotFoundGuard(
+            counters.get(GUARD_KEY),
+            allow=settings.allow_not_found,
+            deleted_before=checkpoint.sums()["deleted"],
+            group_id=settings.group_id,
+            number_example=self.write(int(f"{self.normalizer.country_code}9876543210")),
+        )
         self.collector = Collector(
             checkpoint,
             stats=self.stats,
             counters=counters,
             in_doubt_below=checkpoint.meta("horizon", 0),
             breaker=CircuitBreaker(settings.breaker_window, settings.breaker_ratio),
+            guard=self.guard,
             write=self.write,
             commit_interval=settings.commit_interval,
             # Each step is one committed write; larger steps mark more chunks in doubt after a
@@ -215,6 +226,10 @@ class Run:
             settings.concurrency * 2
         )
         error: OzbulkError | None = None
+        try:
+            self.guard.check_start()
+        except OzbulkError as refused:
+            return refused
         async with OzonetelClient.open_session(settings) as session:
             earlier = (self.checkpoint.meta("counters", {}) or {}).get("token_issued_at", [])
             client = OzonetelClient(settings, session, pacer=self.pacer, token_issued_at=earlier)
@@ -230,6 +245,7 @@ class Run:
                 write=self.write,
                 stopping=self.stopping,
                 on_send=self.collector.sending,
+                first_contact=FirstContact(settings.url),
             )
             try:
                 async with anyio.create_task_group() as group:

@@ -17,10 +17,11 @@ from pathlib import Path
 from typing import Any
 
 from engine.batcher import InputCounts, Producer, Reject
-from engine.checkpoint import Checkpoint
-from engine.errors import CheckpointError
+from engine.checkpoint import Checkpoint, _explain_difference
+from engine.errors import CheckpointError, CheckpointMismatch
 from engine.limits import Limit
 from engine.numbers import Normalizer
+from engine.progress import Expected
 from engine.settings import RunSettings
 
 # Reading this much twice costs a few seconds at most; bigger inputs get an estimate.
@@ -30,11 +31,16 @@ SAMPLE_BYTES = 1024 * 1024
 
 @dataclass
 class Plan:
+    """The run that follows, exactly: fresh, resumed, restarted, or re-sending failed chunks."""
+
     settings: RunSettings
     counts: InputCounts | None
     exact: bool
     estimated_rows: int | None
     resume: dict[str, Any] | None
+    restart: bool = False
+    input_bytes: int | None = None
+    from_checkpoint: bool = False  # the counts are an earlier pass's complete reading
 
     @property
     def numbers(self) -> int | None:
@@ -48,6 +54,8 @@ class Plan:
         return None if numbers is None else math.ceil(numbers / self.settings.inputs.batch_size)
 
     def remaining_requests(self) -> int | None:
+        if self.settings.retry_failed:
+            return 0 if self.resume is None else int(self.resume.get("chunks_failed", 0))
         requests = self.requests
         if requests is None or self.resume is None:
             return requests
@@ -67,6 +75,18 @@ class Plan:
             return None
         return remaining / min(rates)
 
+    def expected(self) -> Expected:
+        """What the progress display knows before the first number is read."""
+        retry = None
+        if self.settings.retry_failed:
+            retry = 0 if self.resume is None else int(self.resume.get("failed_numbers", 0))
+        return Expected(
+            total=self.numbers,
+            exact=self.exact,
+            input_bytes=self.input_bytes,
+            pass_numbers=retry,
+        )
+
     def render(self) -> str:
         s = self.settings
         lines = [
@@ -77,17 +97,20 @@ class Plan:
         ]
         if self.counts is not None:
             c = self.counts
+            how = (
+                "exact, from the checkpoint's complete reading"
+                if self.from_checkpoint
+                else "pre-scan, exact"
+            )
             lines.append(
                 f"  numbers      {c.accepted:,} to send; {c.rejected:,} rejected, "
-                f"{c.duplicates:,} duplicates, of {c.rows:,} rows (pre-scan, exact)"
+                f"{c.duplicates:,} duplicates, of {c.rows:,} rows ({how})"
             )
         elif self.estimated_rows is not None:
             lines.append(f"  numbers      about {self.estimated_rows:,} rows (estimated from size)")
         else:
             lines.append("  numbers      unknown until read (standard input)")
-        requests = self.remaining_requests()
-        if requests is not None:
-            lines.append(f"  requests     {requests:,} of up to {s.inputs.batch_size} numbers")
+        lines += self._work_lines()
         lines.append(f"  pace         {s.pace_words}; {s.concurrency} at once")
         limit = self.server_limit
         if limit is not None:
@@ -95,17 +118,39 @@ class Plan:
         duration = self.duration_s()
         if duration is not None:
             lines.append(f"  duration     about {_human(duration)} at that rate")
-        elif requests:
+        elif self.remaining_requests():
             lines.append("  duration     unknown until the server's limit is learned")
-        if self.resume is not None:
-            r = self.resume
-            lines.append(
-                f"  resumes      {s.checkpoint}: {r['chunks_done']:,} chunks done, "
-                f"{r['chunks_failed']:,} failed, {r['deleted']:,} numbers deleted so far"
-            )
-        else:
-            lines.append(f"  checkpoint   {s.checkpoint} (new)")
+        lines.append(self._checkpoint_line())
         return "\n".join(lines)
+
+    def _work_lines(self) -> list[str]:
+        s, r = self.settings, self.resume
+        if s.retry_failed:
+            failed = 0 if r is None else int(r.get("chunks_failed", 0))
+            numbers = 0 if r is None else int(r.get("failed_numbers", 0))
+            return [
+                f"  requests     {failed:,} (--retry-failed: only the chunks that failed, "
+                f"{numbers:,} numbers)"
+            ]
+        requests = self.remaining_requests()
+        if requests is None:
+            return []
+        about = "" if self.exact else "about "
+        return [f"  requests     {about}{requests:,} of up to {s.inputs.batch_size} numbers"]
+
+    def _checkpoint_line(self) -> str:
+        s, r = self.settings, self.resume
+        if self.restart and s.checkpoint.exists():
+            return (
+                f"  checkpoint   {s.checkpoint} (new: --restart moves the old one aside, "
+                "keeping it)"
+            )
+        if r is None:
+            return f"  checkpoint   {s.checkpoint} (new)"
+        return (
+            f"  resumes      {s.checkpoint}: {r['chunks_done']:,} chunks done, "
+            f"{r['chunks_failed']:,} failed, {r['deleted']:,} numbers deleted so far"
+        )
 
 
 def _human(seconds: float) -> str:
@@ -150,34 +195,81 @@ def prescan(settings: RunSettings, on_reject: Any = None) -> InputCounts:
     return producer.counts
 
 
-def make_plan(settings: RunSettings, *, prescan_allowed: bool = True) -> Plan:
+def make_plan(
+    settings: RunSettings, *, prescan_allowed: bool = True, restart: bool = False
+) -> Plan:
     """Pre-scan when someone is about to confirm and the input is small; otherwise estimate.
 
     A run started with --yes reads its input once, not twice: scripts and benchmarks get the
-    estimate, a person deciding at the prompt gets the exact counts.
+    estimate, a person deciding at the prompt gets the exact counts. A resume whose earlier
+    pass read the input to its end knows the exact counts from the checkpoint.
+
+    Checks first: a checkpoint that belongs to another run is refused here, before any plan is
+    shown (with --restart it is moved aside later, after the confirmation).
     """
     size = input_size(settings.inputs.paths)
+    resume = None if restart else check_checkpoint(settings)
     counts: InputCounts | None = None
     estimated: int | None = None
+    stored = (resume or {}).get("input") or {}
+    if stored.get("finished"):
+        counts = InputCounts(
+            rows=stored.get("rows", 0),
+            accepted=stored.get("accepted", 0),
+            rejected=stored.get("rejected", 0),
+            duplicates=stored.get("duplicates", 0),
+            chunks=stored.get("chunks", 0),
+            finished=True,
+        )
+        return Plan(settings, counts, True, None, resume, restart, size, from_checkpoint=True)
     if size is not None and prescan_allowed and size <= PRESCAN_LIMIT_BYTES:
         counts = prescan(settings)
     elif size is not None:
         estimated = _estimate_rows(settings.inputs.paths)
-    return Plan(settings, counts, counts is not None, estimated, _resume_state(settings.checkpoint))
+    return Plan(settings, counts, counts is not None, estimated, resume, restart, size)
 
 
-def _resume_state(path: Path) -> dict[str, Any] | None:
+def check_checkpoint(settings: RunSettings) -> dict[str, Any] | None:
+    """The state of the run's checkpoint, read-only; None when there is none yet.
+
+    Raises what opening it for the run would: another run's checkpoint, a newer schema, a
+    damaged file. Nothing is written, so a refused or unconfirmed run leaves no trace.
+    """
+    path = settings.checkpoint
     if not path.exists():
         return None
+    if path.is_dir():
+        raise CheckpointError(
+            f"the checkpoint {path} is a folder; pass a file name to --checkpoint", path=str(path)
+        )
+    if path.stat().st_size == 0:
+        return None  # what a crash before the first commit leaves: the run starts afresh
+    checkpoint = Checkpoint.read(path)
     try:
-        checkpoint = Checkpoint.read(path)
-    except CheckpointError:
-        return None  # the run itself refuses it, with the full explanation
-    try:
-        counters = checkpoint.meta("counters", {}) or {}
-        return {**checkpoint.sums(), "server_limit": counters.get("server_limit")}
+        identity = checkpoint.identity()
+        if not identity:
+            return None
+        wanted = run_identity_of(settings)
+        if identity != wanted:
+            raise CheckpointMismatch(
+                f"the checkpoint {path} belongs to another run "
+                f"({_explain_difference(identity, wanted)}); re-run with --restart to start "
+                "over (the old file is kept aside), or pass another --checkpoint",
+                path=str(path),
+            )
+        state: dict[str, Any] = dict(checkpoint.sums())
+        state["input"] = checkpoint.meta("input") or {}
+        # What an earlier pass learned of the server's limit, for the plan's pace and duration.
+        state["server_limit"] = (checkpoint.meta("counters", {}) or {}).get("server_limit")
+        return state
     finally:
         checkpoint.close()
+
+
+def run_identity_of(settings: RunSettings) -> dict[str, Any]:
+    from engine.pipeline import run_identity  # the pipeline's own definition, not a copy
+
+    return run_identity(settings)
 
 
 def write_rejects(settings: RunSettings, out: Path) -> InputCounts:

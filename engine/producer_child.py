@@ -4,8 +4,10 @@ It reads its job (the inputs and which chunk ids to send) as one pickle on stand
 the very same :class:`~engine.batcher.Producer` as an in-process run, and writes frames to
 standard output: a 4-byte little-endian length, then a pickled message. Messages are
 
-``("batch", chunks, rejects, counts, skipped)``  a few chunks, the rejects since the last batch,
-                                                 the producer's counts, the chunks skipped so far
+``("batch", chunks, rejects, counts, skipped, bytes_read)``
+                                                 a few chunks, the rejects since the last batch,
+                                                 the producer's counts, the chunks skipped so far,
+                                                 the bytes of input taken (for progress)
 ``("log", level, logger, text)``                 a log record, formatted and redacted by the parent
 ``("state", next_chunk, file)``                  a :class:`~engine.batcher.ProducerState` was
                                                  written to ``file`` in the job's state folder,
@@ -147,7 +149,8 @@ def produce(job: Job, frames: FrameWriter) -> None:
 
     def flush() -> None:
         nonlocal chunks, rejects
-        frames.send(("batch", chunks, rejects, _counts(producer.counts), skipped))
+        frames.send(("batch", chunks, rejects, _counts(producer.counts), skipped,
+                     producer.bytes_read))  # fmt: skip
         chunks, rejects = [], []
 
     def send_state(state: ProducerState) -> None:

@@ -117,6 +117,7 @@ class ProducerProcess:
         hears of each."""
         self.counts = InputCounts()
         self.skipped = 0
+        self.bytes_read = 0  # of the input files, as the child last said
         self.layouts: list[Any] = []
         self._inputs = inputs
         self._selection = selection
@@ -181,7 +182,7 @@ class ProducerProcess:
             process.wait()
 
     def _receive(self, message: Any) -> list[Chunk]:
-        _, chunks, rejects, counts, self.skipped = message
+        _, chunks, rejects, counts, self.skipped, self.bytes_read = message
         for file, line, raw, reason in rejects:
             self._on_reject(Reject(file, line, raw, reason))
         c = self.counts
@@ -219,6 +220,10 @@ class ProducerInProcess:
     @property
     def layouts(self) -> list[Any]:
         return list(self._producer.layouts)
+
+    @property
+    def bytes_read(self) -> int:
+        return self._producer.bytes_read
 
     async def chunks(self) -> AsyncGenerator[Chunk, None]:
         for count, chunk in enumerate(self._producer.chunks()):

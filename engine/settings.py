@@ -145,6 +145,8 @@ class RunSettings:
     breaker_ratio: float = DEFAULT_BREAKER_RATIO
     allow_insecure_http: bool = False
     retry_failed: bool = False
+    # Go on when none of the first numbers sent was in the group (see engine.guard).
+    allow_not_found: bool = False
     summary_json: Path | None = None
     report_dir: Path | None = None
     commit_interval: float = 0.2

@@ -36,6 +36,7 @@ from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
+from functools import partial
 from itertools import islice
 from operator import itemgetter
 from typing import IO, Any, TypeVar
@@ -115,9 +116,13 @@ class _Replay(io.RawIOBase):
         super().__init__()
         self._prefix = memoryview(prefix)
         self._rest = rest
+        self.delivered = 0  # bytes handed out so far: what a progress display measures
 
     def readable(self) -> bool:
         return True
+
+    def tell(self) -> int:
+        return self.delivered
 
     def readinto(self, buffer: Any) -> int:
         target = memoryview(buffer).cast("B")
@@ -125,6 +130,7 @@ class _Replay(io.RawIOBase):
             size = min(len(target), len(self._prefix))
             target[:size] = self._prefix[:size]
             self._prefix = self._prefix[size:]
+            self.delivered += size
             return size
         if self._rest is None:
             return 0
@@ -132,6 +138,7 @@ class _Replay(io.RawIOBase):
         if not data:
             return 0
         target[: len(data)] = data
+        self.delivered += len(data)
         return len(data)
 
     def close(self) -> None:
@@ -398,6 +405,7 @@ class CsvSource:
         self._looks_like_phone = looks_like_phone
         self.layout: FileLayout | None = None
         self.position = ReadPosition(0, 0, 0)  # after the last batch read
+        self._consumed: Callable[[], int] = lambda: 0
 
     def inspect(self) -> FileLayout:
         """Open the file, find its layout from the sample, and close it: a check before a run.
@@ -413,6 +421,15 @@ class CsvSource:
             except READ_ERRORS as error:
                 raise _read_failed(error, self.name) from None
         return self.layout
+
+    def consumed_bytes(self) -> int:
+        """Bytes of the file (compressed ones, if it is gzip) the parser has taken so far.
+
+        The share of a file read, as ``pv`` shows it: a progress display that knows the file's
+        size can tell how far the run has come without counting the rows first. The text
+        decoder's few KiB of read-ahead are counted as taken.
+        """
+        return self._consumed()
 
     def cells(self) -> Iterator[tuple[int, str | None]]:
         """Every row as ``(line, cell)``: a convenience over :meth:`batches`."""
@@ -452,7 +469,7 @@ class CsvSource:
             except OSError as error:
                 raise InputError(f"cannot open: {error.strerror}", file=name) from None
         sample = _read_sample(raw)
-        replay = _Replay(sample, raw)
+        replay = outer = _Replay(sample, raw)
         compressed = sample.startswith(b"\x1f\x8b")
         if compressed:
             unzipped = gzip.GzipFile(fileobj=replay, mode="rb")
@@ -483,6 +500,7 @@ class CsvSource:
             ", header row skipped" if has_header else ", no header row",
         )
         buffered = io.BufferedReader(replay, buffer_size=1 << 20)
+        self._consumed = partial(_consumed, outer, replay, buffered)
         text = io.TextIOWrapper(buffered, encoding=encoding, errors=LATIN1_FALLBACK, newline="")
         stack.callback(text.close)
         return text, layout
@@ -534,6 +552,17 @@ class CsvSource:
                 yield lines, cells
         if rows_seen == 0:
             log.warning("%s: no data rows", self.name)
+
+
+def _consumed(outer: _Replay, inner: _Replay, buffered: io.BufferedIOBase) -> int:
+    """Bytes of the file taken by the text layer: what was read, less the 1 MiB buffer's rest.
+
+    For gzip, the compressed bytes read scaled by the share of the unzipped ones taken.
+    """
+    taken = buffered.tell()
+    if inner is outer:
+        return taken
+    return outer.delivered * taken // inner.delivered if inner.delivered else 0
 
 
 def _read_batch(

@@ -15,7 +15,7 @@ from typing import Any
 from engine import settings as defaults
 from engine.checkpoint import Checkpoint
 from engine.limits import describe_limit
-from engine.report import summary_from_checkpoint, write_report
+from engine.report import summary_from_checkpoint, write_not_found, write_report
 
 
 def resume_command(
@@ -149,8 +149,9 @@ def render(info: dict[str, Any]) -> str:
         f"{totals['not_found']:,} not in the group, {totals['error']:,} refused by the API; "
         f"{totals['failed_numbers']:,} in failed chunks",
         f"last write   {info['last_write']} ({info['updated_ago_s']} s ago)",
-        f"resume with  {info['resume_command']}",
     ]
+    if info["state"] != "complete":
+        lines.append(f"resume with  {info['resume_command']}")
     return "\n".join(lines)
 
 
@@ -168,7 +169,8 @@ def write_report_for(path: Path, out: Path) -> int:
     checkpoint = Checkpoint.read(path)
     try:
         write_report(checkpoint, summary_from_checkpoint(checkpoint), out)
+        _, said = write_not_found(checkpoint, out)
     finally:
         checkpoint.close()
-    print(f"report written to {out}")
+    print(f"report written to {out} ({said})")
     return 0

@@ -17,6 +17,7 @@ sliding-window guard knows which requests the server may still be counting.
 
 from __future__ import annotations
 
+import logging
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -36,6 +37,7 @@ from engine.errors import (
     TokenRejected,
     TransportError,
 )
+from engine.guard import FirstContact
 from engine.pacing import Pacer
 
 RATE_LIMITED_ATTEMPTS_FACTOR = 10
@@ -72,6 +74,11 @@ class ChunkResult:
         return self.verdict is None
 
 
+# -v shows one line per retry, -vv one per request (the command line sets their levels).
+retry_log = logging.getLogger("engine.retries")
+request_log = logging.getLogger("engine.requests")
+
+
 @dataclass
 class WorkerContext:
     """What every worker shares: the client, the pacer, the counters and the run's settings."""
@@ -86,6 +93,8 @@ class WorkerContext:
     stopping: anyio.Event = field(default_factory=anyio.Event)
     # Told of each chunk just before its first request leaves: what a stop leaves in doubt.
     on_send: Callable[[Chunk], None] = lambda chunk: None
+    # Stops a run early when there is no API at the other end (see engine.guard).
+    first_contact: FirstContact | None = None
 
     def __post_init__(self) -> None:
         # Token requests count against the same server window as the deletes.
@@ -151,9 +160,17 @@ async def send_chunk(chunk: Chunk, context: WorkerContext) -> ChunkResult | None
             raise
         else:
             pacer.on_success(ticket)
+            if request_log.isEnabledFor(logging.DEBUG):
+                request_log.debug("chunk %d, attempt %d: %d numbers, deleted %d, error %d",
+                                  chunk.id, attempts, len(chunk.numbers), verdict.deleted,
+                                  len(verdict.error))  # fmt: skip
+            if context.first_contact is not None:
+                context.first_contact.succeeded()
             return ChunkResult(chunk, attempts, verdict, doubt=doubt)
         finally:
             stats.in_flight -= 1
+        if context.first_contact is not None:
+            context.first_contact.failed(last)
         counted = attempts - rate_limited - token_refusals
         if counted >= context.max_attempts or attempts >= context.max_attempts * (
             RATE_LIMITED_ATTEMPTS_FACTOR
@@ -162,6 +179,8 @@ async def send_chunk(chunk: Chunk, context: WorkerContext) -> ChunkResult | None
         if context.stopping.is_set():
             return None
         stats.retries += 1
+        if retry_log.isEnabledFor(logging.INFO):
+            retry_log.info("chunk %d, attempt %d failed (%s); retrying", chunk.id, attempts, last)
         if not isinstance(last, RateLimited | TokenRejected):
             # Full jitter: retries of many chunks that failed together do not return together.
             with anyio.move_on_after(

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from engine.batcher import accepted_numbers
 from engine.cli import resume_command
 from tests.conftest import API_KEY, GROUP, USER, cli_env, delete_args, ozbulk_command
 
@@ -103,7 +104,7 @@ def test_dry_run_reports_counts_and_rejects_and_sends_nothing(
     source = sample_csv(2000)
     result = run_cli(*delete_args(server, source, dry_run=True, summary_json="dry.json"))
     assert result.returncode == 0, result.output
-    assert "dry run: nothing sent" in result.stdout
+    assert "dry run: nothing sent" in result.stderr  # the plan's stream in every mode
     counts = json.loads((tmp_path / "dry.json").read_text())
     assert counts["rows"] == counts["accepted"] + counts["rejected"] + counts["duplicates"] == 2000
     rejected = (tmp_path / f"ozbulk-{USER}-{GROUP}.ckpt.dry-run" / "rejected.csv").read_text()
@@ -180,6 +181,7 @@ def test_progress_bar_renders_and_updates_on_a_terminal(fake_api, sample_csv, tm
     """A live run on a pseudo-terminal draws the bar and it advances before the run ends."""
     server = fake_api(latency_ms=20)
     source = sample_csv(6000)
+    server.state.seed(GROUP, accepted_numbers((str(source),)))
     process, leader = _spawn_on_pty(
         [a for a in delete_args(server, source, rate=20, concurrency=4) if a != "--no-progress"],
         tmp_path,
@@ -219,3 +221,244 @@ def test_config_show_spells_out_special_rates(run_cli, sample_csv):
                          "--rate", flag)  # fmt: skip
         assert result.returncode == 0, result.output
         assert _settings_table(result.stdout)["rate"] == (shown, "flag")
+
+
+# -- words that can be trusted -------------------------------------------------------------
+
+
+def test_abbreviated_flags_are_refused_with_the_nearest_flag(run_cli, sample_csv):
+    """--rat, --group and --conf are not taken for --rate, --group-id and --config: one line,
+    exit 2, naming the flag that was probably meant."""
+    source = str(sample_csv(10))
+    for typo, meant in (("--rat", "--rate"), ("--group", "--group-id"), ("--conf", "--config")):
+        result = run_cli("delete", source, "--user", USER, "--group-id", "1", typo, "3")
+        assert result.returncode == 2, result.output
+        assert f"did you mean {meant}?" in result.stderr, result.stderr
+        assert "see ozbulk delete --help" in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_a_bad_value_is_one_line_not_a_usage_dump(run_cli, sample_csv):
+    """--group-id abc: one line naming the flag and the value, exit 2."""
+    result = run_cli("delete", str(sample_csv(10)), "--user", USER, "--group-id", "abc")
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--group-id" in lines[0] and "'abc'" in lines[0]
+    assert "usage:" not in result.stderr
+
+
+def test_version_comes_from_the_package_metadata(run_cli):
+    """--version prints the installed package's version, the one written in pyproject.toml."""
+    from importlib.metadata import version
+
+    result = run_cli("--version")
+    assert result.returncode == 0
+    assert result.stdout.strip() == f"ozbulk {version('ozbulk')}"
+
+
+def test_output_options_work_before_the_command(run_cli, fake_api, sample_csv, tmp_path):
+    """`ozbulk -q status X` and `ozbulk -v config show ...` work like the options after it."""
+    server = fake_api()
+    source = sample_csv(50)
+    assert run_cli(*delete_args(server, source, checkpoint="c.ckpt")).returncode == 0
+    result = run_cli("-q", "status", "c.ckpt")
+    assert result.returncode == 0, result.output
+    assert "complete" in result.stdout
+    shown = run_cli("-v", "config", "show", str(source), "--user", USER, "--group-id", "1")
+    assert shown.returncode == 0, shown.output
+
+
+def test_environment_key_beats_a_key_in_the_config_file(run_cli, fake_api, sample_csv, tmp_path):
+    """flags > environment > file holds for the API key too, and config show says so."""
+    server = fake_api()
+    source = sample_csv(50)
+    (tmp_path / "cfg.toml").write_text('api-key = "wrong-key-from-file"\n')
+    result = run_cli(*delete_args(server, source, config="cfg.toml"))
+    assert result.returncode == 0, result.output  # the environment's (right) key was used
+    shown = run_cli("config", "show", str(source), "--config", "cfg.toml", "--user", USER,
+                    "--group-id", "1")  # fmt: skip
+    assert _settings_table(shown.stdout)["api-key"] == ("***", "environment OZONETEL_API_KEY")
+    (tmp_path / "key").write_text("from-a-flag-file\n")
+    shown = run_cli("config", "show", str(source), "--config", "cfg.toml", "--user", USER,
+                    "--group-id", "1", "--api-key-file", "key")  # fmt: skip
+    assert _settings_table(shown.stdout)["api-key"][1].endswith("(flag)")
+
+
+def test_the_plan_of_a_restart_describes_the_fresh_run(run_cli, fake_api, sample_csv):
+    """--restart after a finished run: the plan speaks of a new checkpoint and every request,
+    not of the old checkpoint's state."""
+    server = fake_api()
+    source = sample_csv(450)
+    assert run_cli(*delete_args(server, source)).returncode == 0
+    again = run_cli(*delete_args(server, source, restart=True))
+    assert again.returncode == 0, again.output
+    assert "resumes" not in again.stderr
+    assert "moves the old one aside" in again.stderr
+    assert "about 5 of up to 100" in again.stderr or "5 of up to 100" in again.stderr
+
+
+def test_another_runs_checkpoint_is_refused_before_any_plan(run_cli, fake_api, sample_csv):
+    """Check first, plan after: a foreign checkpoint is an error, and no plan is shown."""
+    server = fake_api()
+    source = sample_csv(50)
+    assert run_cli(*delete_args(server, source, checkpoint="c.ckpt")).returncode == 0
+    other = run_cli(*delete_args(server, source, checkpoint="c.ckpt", country="US"))
+    assert other.returncode == 2
+    assert "belongs to another run" in other.stderr
+    assert "ozbulk plan" not in other.output
+
+
+def test_an_input_without_numbers_is_not_a_complete_run(run_cli, fake_api, tmp_path):
+    """An input with no phone number in it ends with exit 2 and says why, never "complete"."""
+    server = fake_api()
+    (tmp_path / "empty.csv").write_text("phone\nn/a\nabc\n")
+    result = run_cli(*delete_args(server, "empty.csv"))
+    assert result.returncode == 2, result.output
+    assert "no phone number" in result.output and "exit 0" not in result.output
+
+
+def test_status_of_a_complete_run_offers_no_resume(run_cli, fake_api, sample_csv):
+    """A finished run has nothing to resume: status says complete and no "resume with"."""
+    server = fake_api()
+    assert run_cli(*delete_args(server, sample_csv(50), checkpoint="c.ckpt")).returncode == 0
+    result = run_cli("status", "c.ckpt")
+    assert "complete" in result.stdout and "resume with" not in result.stdout
+
+
+def test_demo_prints_no_path_it_removes(run_cli):
+    """The demo works in a temporary folder: no report or checkpoint path of it is printed."""
+    result = run_cli("demo", "--rows", "300")
+    assert result.returncode == 0, result.output
+    assert ".report" not in result.output and ".ckpt" not in result.output
+
+
+def test_a_stop_is_said_once(run_cli, fake_api, sample_csv):
+    """The circuit breaker's message is not prefixed twice ("stopped: stopped:")."""
+    server = fake_api(fail_all=True)
+    result = run_cli(*delete_args(server, sample_csv(3000), rate=0, max_attempts=1,
+                                  breaker_window=5))  # fmt: skip
+    assert result.returncode == 3, result.output
+    assert "stopped: stopped" not in result.output
+    assert "exit 3: stopped: " in result.stdout
+
+
+def test_help_documents_exit_code_70(run_cli):
+    """Every exit code ozbulk uses is in the help, the internal error's 70 included."""
+    result = run_cli("delete", "--help")
+    assert "70   internal error" in result.stdout
+
+
+# -- for scripts ---------------------------------------------------------------------------
+
+
+def test_quiet_prints_only_the_result_line(run_cli, fake_api, sample_csv):
+    """-q: stdout is the one-line result; nothing else unless something is wrong."""
+    server = fake_api()
+    result = run_cli("-q", *delete_args(server, sample_csv(50)))
+    assert result.returncode == 0
+    assert result.stdout == "exit 0: complete: every number has a verdict\n"
+    assert result.stderr == ""
+
+
+def test_summary_json_dash_writes_the_summary_to_stdout(run_cli, fake_api, sample_csv):
+    """--summary-json -: stdout is one JSON document; the readable summary goes to stderr."""
+    server = fake_api()
+    result = run_cli(*delete_args(server, sample_csv(50), summary_json="-"))
+    assert result.returncode == 0
+    summary = json.loads(result.stdout)
+    assert summary["complete"] is True and "not_found" in summary
+    assert "ozbulk summary" in result.stderr
+
+
+def test_json_logs_carry_the_plan_and_the_summary_as_events(run_cli, fake_api, sample_csv):
+    """--log-format json: every line on stderr is JSON, the plan and the summary included."""
+    server = fake_api()
+    result = run_cli(*delete_args(server, sample_csv(50), log_format="json"))
+    assert result.returncode == 0, result.output
+    events = [json.loads(line) for line in result.stderr.splitlines()]
+    kinds = [event.get("event") for event in events]
+    assert "plan" in kinds and "summary" in kinds
+    summary = next(event for event in events if event.get("event") == "summary")
+    assert summary["result"].startswith("exit 0")
+    assert result.stdout == ""
+
+
+def test_summary_reads_at_a_glance(run_cli, fake_api, sample_csv, tmp_path):
+    """Words, thousands separators, shares and h:mm:ss in the printed summary, never None;
+    summary.json keeps its machine keys."""
+    server = fake_api()
+    source = sample_csv(2500)
+    server.state.seed(GROUP, list(accepted_numbers((str(source),)))[:1000])
+    result = run_cli(*delete_args(server, source, summary_json="s.json"))
+    assert result.returncode == 0, result.output
+    text = result.stdout
+    assert "None" not in text
+    assert re.search(r"deleted +1,000 \(\d+\.\d %\)", text), text
+    assert re.search(r"not found +1,\d{3} \(\d+\.\d %\)", text), text
+    assert re.search(r"elapsed +\d+:\d\d:\d\d", text), text
+    summary = json.loads((tmp_path / "s.json").read_text())
+    assert {"deleted", "not_found", "elapsed_s", "chunks_total"} <= set(summary)
+
+
+def test_the_log_file_tells_the_whole_story(run_cli, fake_api, sample_csv, tmp_path):
+    """--log-file: version and settings (no key), the plan, the pace, the summary and the exit
+    code; the terminal does not get those lines twice. -v adds a line per retry."""
+    from importlib.metadata import version
+
+    server = fake_api(fault_rate=0.3, fault_kinds=("http_503",))
+    source = sample_csv(500)
+    server.state.seed(GROUP, accepted_numbers((str(source),)))
+    result = run_cli("-v", *delete_args(server, source, rate=50, log_file="run.log",
+                                        backoff_base=0.01))  # fmt: skip
+    assert result.returncode == 0, result.output
+    story = (tmp_path / "run.log").read_text()
+    for expected in (
+        f"ozbulk {version('ozbulk')}: delete, settings",
+        "ozbulk plan",
+        "pace: ",
+        "ozbulk summary",
+        "exit 0: complete",
+        "attempt 1 failed (HTTP 503",
+    ):
+        assert expected in story, (expected, story)
+    assert API_KEY not in story
+    assert "delete, settings" not in result.stderr and "pace: " not in result.stderr
+    assert "retrying" in result.stderr  # -v: one line per retry on the terminal too
+
+
+def test_very_verbose_logs_one_line_per_request(run_cli, fake_api, sample_csv):
+    """-vv: one line per request, with its verdict; without it, none."""
+    server = fake_api()
+    source = sample_csv(300)
+    quiet = run_cli(*delete_args(server, source))
+    assert "attempt 1:" not in quiet.stderr
+    loud = run_cli("-vv", *delete_args(server, source, restart=True))
+    assert loud.returncode == 0, loud.output
+    assert len(re.findall(r"chunk \d+, attempt 1: \d+ numbers, deleted", loud.stderr)) == 3
+
+
+def test_a_folder_as_input_is_named_as_one(run_cli, tmp_path):
+    """A folder given as input is said to be a folder (with the glob to use), not "no such file"."""
+    (tmp_path / "exports").mkdir()
+    result = run_cli("delete", "exports", "--group-id", "1", "--user", USER, "--yes")
+    assert result.returncode == 2
+    assert "is a folder" in result.stderr and "exports/*.csv" in result.stderr
+
+
+def test_the_plan_of_retry_failed_counts_only_the_failed_chunks(
+    run_cli, fake_api, sample_csv, tmp_path
+):
+    """--retry-failed: the plan names exactly the chunks that failed, and that many are sent."""
+    source = sample_csv(2000)
+    server = fake_api(fault_rate=0.3, fault_kinds=("http_503",))
+    server.state.seed(GROUP, accepted_numbers((str(source),)))
+    first = run_cli(*delete_args(server, source, rate=0, max_attempts=1, breaker_ratio=1.0,
+                                 summary_json="s.json"))  # fmt: skip
+    assert first.returncode == 1, first.output
+    failed = json.loads((tmp_path / "s.json").read_text())["chunks_failed"]
+    healthy = fake_api()
+    healthy.state.seed(GROUP, accepted_numbers((str(source),)))
+    again = run_cli(*delete_args(healthy, source, rate=0, retry_failed=True))
+    assert again.returncode == 0, again.output
+    assert f"requests     {failed:,} (--retry-failed" in again.stderr, again.stderr
+    assert healthy.stats()["delete_requests"] == failed

@@ -11,8 +11,9 @@ import time
 
 import pytest
 
+from engine.batcher import accepted_numbers
 from engine.checkpoint import Checkpoint
-from tests.conftest import delete_args
+from tests.conftest import GROUP, delete_args
 from tests.test_e2e_foundation import read_summary, spawn, wait_until
 
 LIMIT = 20  # requests a second
@@ -24,6 +25,7 @@ def test_a_learned_limit_is_kept_shown_and_resumed_from(run_cli, fake_api, sampl
     kept in the checkpoint, shown by status; a resume starts at it and is never refused."""
     server = fake_api(rate_limit=LIMIT, rate_limit_style="body")
     source = sample_csv(4000)
+    server.state.seed(GROUP, accepted_numbers((str(source),)))
     args = delete_args(server, source, concurrency=8, batch_size=10, checkpoint="c.ckpt",
                        summary_json="s.json")  # fmt: skip
     assert "--rate" not in args  # the default is what a newcomer gets
@@ -55,7 +57,7 @@ def test_a_learned_limit_is_kept_shown_and_resumed_from(run_cli, fake_api, sampl
         resumed.output
     )
     assert server.stats()["rate_limited"] == before  # started at the limit: nothing refused
-    assert server.state.remaining(1) == 0
+    assert server.state.remaining(GROUP) == 0
 
 
 def test_rate_units_reach_the_plan_and_config_show(run_cli, sample_csv):

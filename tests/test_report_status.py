@@ -204,3 +204,33 @@ def test_status_and_report_refuse_a_missing_checkpoint(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match="no checkpoint at"):
         write_report_for(tmp_path / "nothing.ckpt", tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_report_writes_the_numbers_not_found(run_cli, fake_api, sample_csv, tmp_path: Path) -> None:
+    """not_found.csv: every number of a chunk that deleted none, marked exact; for a chunk that
+    deleted some, its candidates with how many of them were not found."""
+    from engine.batcher import accepted_numbers
+    from tests.conftest import GROUP, delete_args
+
+    source = sample_csv(450)
+    numbers = list(accepted_numbers((str(source),)))
+    server = fake_api()
+    # chunk 0: all in the group; chunk 1: 60 of 100; chunks 2 and later: none
+    server.state.seed(GROUP, numbers[:100] + numbers[100:160])
+    result = run_cli(*delete_args(server, source, checkpoint="c.ckpt"))
+    assert result.returncode == 0, result.output
+    report = run_cli("report", "c.ckpt", "--out", "rep")
+    assert report.returncode == 0, report.output
+    with (tmp_path / "rep" / "not_found.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    by_chunk: dict[str, list[dict[str, str]]] = {}
+    for row in rows:
+        by_chunk.setdefault(row["chunk"], []).append(row)
+    assert "0" not in by_chunk
+    partial = by_chunk["1"]
+    assert len(partial) == 100 and {row["chunk_not_found"] for row in partial} == {"40"}
+    assert {row["exact"] for row in partial} == {"False"}
+    exact = [row for chunk, rows_ in by_chunk.items() if chunk not in ("0", "1") for row in rows_]
+    assert {row["exact"] for row in exact} == {"True"}
+    assert {row["number"] for row in exact} == {n.lstrip("+") for n in numbers[200:]}
+    assert all(row["file"] == str(source) and int(row["line"]) > 1 for row in rows)
