@@ -55,7 +55,7 @@ import anyio
 from aiolimiter import AsyncLimiter
 
 from engine.limits import FIXED_SLACK_S, FIXED_SLACK_SHARE, Hypothesis, Limit, LimitModel, narrow
-from engine.rates import per_second_text
+from engine.rates import UNIT_WORDS, pace_text
 
 log = logging.getLogger(__name__)
 
@@ -139,10 +139,12 @@ class Pacer:
         clock: Callable[[], float] = anyio.current_time,
         wall_offset: float | None = None,
         prior: Limit | None = None,
+        unit: float = 1.0,
     ) -> None:
         if ceiling is not None and not (ceiling > 0 and math.isfinite(ceiling)):
             raise ValueError(f"the pacer's ceiling must be > 0 requests/s (got {ceiling})")
         self.ceiling = ceiling
+        self.unit = unit  # seconds of the unit --rate was given in, for display
         self.auto = auto
         self._clock = clock
         # The default offset is right for the event loop's clock, which is time.monotonic.
@@ -214,6 +216,15 @@ class Pacer:
         now = self._clock()
         surely = self.model.surely_open(now)
         return max(surely if surely is not None else self._probe_at, now) + self.model.wall_offset
+
+    @property
+    def pace(self) -> str:
+        """The pace held, in the learned window's unit or else --rate's: ``117.6/min``."""
+        if self.rate is None:
+            return "unlimited"
+        limit = self.limit
+        per = limit.window if limit is not None and limit.window in UNIT_WORDS else self.unit
+        return pace_text(self.rate * SAFETY, per)
 
     @property
     def in_flight(self) -> int:
@@ -580,8 +591,7 @@ class Pacer:
         ):
             return
         self._announced = limit
-        pace = "unlimited" if self.rate is None else per_second_text(self.rate * SAFETY)
-        log.info("server limit ≈ %s; pacing at %s", limit.describe(), pace)
+        log.info("server limit ≈ %s; pacing at %s", limit.describe(), self.pace)
 
     def _set_rate(self, rate: float | None) -> None:
         self.rate = rate

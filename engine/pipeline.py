@@ -130,6 +130,7 @@ class Run:
             settings.rate,
             auto=settings.rate_auto and settings.rate is None,
             prior=Limit.from_json(counters.get("server_limit")),
+            unit=settings.rate_per,
         )
         self.done = checkpoint.ids(DONE)
         self.failed_before = checkpoint.ids(FAILED)

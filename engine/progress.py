@@ -23,7 +23,6 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from engine.pacing import Pacer, duration_words
-from engine.rates import per_second_text
 
 if TYPE_CHECKING:
     from rich.console import Console, ConsoleOptions, RenderResult
@@ -74,8 +73,7 @@ class Figures:
 
 def pacer_view(pacer: Pacer) -> tuple[str, bool]:
     """The pace the pacer holds, in words, and whether the server's limit sets it."""
-    rate = pacer.rate
-    text = "unlimited" if rate is None else per_second_text(rate)
+    text = pacer.pace
     slowed = pacer.forced_down
     until = pacer.waiting_until  # wall-clock time the server is expected to admit again
     if until is not None and until - time.time() >= 1.0:
@@ -405,8 +403,7 @@ class Story:
 
     def observe(self, run: Run) -> None:
         pace, slowed = pacer_view(run.pacer)
-        rate = getattr(run.pacer, "rate", None)
-        rate = rate if isinstance(rate, int | float) else None
+        rate = run.pacer.rate
         moved = (rate is None) != (self._rate is None) or (
             rate is not None
             and self._rate is not None

@@ -50,6 +50,15 @@ class Rate:
         return words if self.per == 1.0 else f"{words} ({per_second_text(self.per_second)})"
 
 
+def pace_text(per_second: float, per: float = 1.0) -> str:
+    """A pace in the unit people think of it in: ``117.6/min``, ``5/s``, ``2,000/h``."""
+    if per == 1.0:
+        return per_second_text(per_second)
+    count = per_second * per
+    unit = "min" if per == 60.0 else "h"
+    return (f"{count:.4g}" if count < 1000 else f"{count:,.0f}") + f"/{unit}"
+
+
 def per_second_text(per_second: float) -> str:
     """``5/s``, ``0.033/s``: enough digits to tell a slow pace from a stop."""
     return f"{per_second:.3g}/s" if per_second < 10 else f"{per_second:,.0f}/s"

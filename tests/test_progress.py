@@ -57,7 +57,7 @@ FIGURES = Figures(
 
 
 class _Pacer:
-    rate = 10.0
+    pace = "10/s"
     forced_down = False
     waiting_until = None
 
@@ -175,7 +175,8 @@ def test_the_pace_says_what_the_pacer_holds_and_a_long_wait() -> None:
     assert text.startswith("server limit reached: waiting until ") and "(about 10 min)" in text
     assert slowed
     assert pacer_view(Pacer(None)) == ("unlimited", False)
-    assert pacer_view(Pacer(10)) == ("10/s", False)
+    assert pacer_view(Pacer(10)) == ("9.8/s", False)  # the bucket's pace: 98 % of the rate
+    assert pacer_view(Pacer(1.0, unit=60.0)) == ("58.8/min", False)
 
 
 # -- on a pseudo-terminal ------------------------------------------------------------------
