@@ -732,9 +732,6 @@ class _OnceFilter(logging.Filter):
         return True
 
 
-ONCE = _OnceFilter()
-
-
 def _tell_the_story(verbose: int) -> None:
     """-v: a line per retry; -vv: a line per request. The story of a run (its settings, plan,
     pace changes, summary and exit code) goes to the log file only: the terminal shows those
@@ -864,11 +861,14 @@ def _main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
         setup_logging(verbose=args.verbose, quiet=args.quiet, log_file=args.log_file,
                       fmt=args.log_format)  # fmt: skip
-        source_log = logging.getLogger("engine.source")
-        if ONCE not in source_log.filters:
-            source_log.addFilter(ONCE)
         _tell_the_story(args.verbose)
-        return _dispatch(args, argv, sources)
+        # Once per command, not per process: a program (or a test) may run several.
+        source_log, once = logging.getLogger("engine.source"), _OnceFilter()
+        source_log.addFilter(once)
+        try:
+            return _dispatch(args, argv, sources)
+        finally:
+            source_log.removeFilter(once)
     except OzbulkError as error:
         print(f"ozbulk: error: {REDACTOR.scrub(str(error))}", file=sys.stderr)
         story.error("ozbulk: error: %s; exit %d", error, error.exit_code)

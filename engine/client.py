@@ -39,6 +39,7 @@ from engine.errors import (
     AuthError,
     FatalApiError,
     InvalidGroupError,
+    NotAVerdict,
     RateLimited,
     RequestRejected,
     RetryableApiError,
@@ -223,7 +224,7 @@ def classify(
             raise FatalApiError(
                 "HTTP 404: no such endpoint; check --base-url and --path", http_status=status
             )
-        raise ServerError(
+        raise NotAVerdict(
             f"HTTP {status}, body is not a JSON verdict: {_snippet(raw)}", http_status=status
         )
     verdict = str(answer.get("status", "")).lower()

@@ -12,6 +12,7 @@
     │   ├── RetryableApiError             retried with backoff; the chunk fails when out
     │   │   ├── TransportError            connection refused/reset, timeout, DNS
     │   │   ├── ServerError               5xx, HTML page, garbled/oversized/impossible answer
+    │   │   │   └── NotAVerdict           a page that is not a JSON verdict at all
     │   │   ├── RateLimited               HTTP 429 or "Max limit exceeded" (retry_after)
     │   │   └── TokenRejected             "Token Expired" / "Invalid Token": refresh once
     │   └── FatalApiError              3  no retry can help: the run stops, resumable
@@ -131,6 +132,14 @@ class ServerError(RetryableApiError):
     """A 5xx, an HTML error page, a garbled, oversized or impossible answer, an odd verdict."""
 
     may_have_applied = True
+
+
+class NotAVerdict(ServerError):
+    """An answer that is no JSON verdict at all: a proxy's page, another web site, garbage.
+
+    Unlike a verdict the server could not mean (an impossible count), it suggests that no
+    Ozonetel API is at the other end (see :class:`engine.guard.FirstContact`).
+    """
 
 
 class RateLimited(RetryableApiError):

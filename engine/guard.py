@@ -13,7 +13,7 @@ by the guard stops again at once, before sending anything, unless ``--allow-not-
 
 from __future__ import annotations
 
-from engine.errors import ApiError, NoApiThere, NothingDeleted, ServerError, TransportError
+from engine.errors import ApiError, NoApiThere, NotAVerdict, NothingDeleted, TransportError
 
 GUARD_NUMBERS = 2000
 COUNTER_KEY = "not_found_guard"
@@ -121,6 +121,6 @@ class FirstContact:
 def _shows_no_api(error: ApiError) -> bool:
     if isinstance(error, TransportError):
         return str(error).startswith(("cannot connect to", "cannot resolve"))
-    if isinstance(error, ServerError):
+    if isinstance(error, NotAVerdict):
         return error.http_status is not None and error.http_status < 500
     return False

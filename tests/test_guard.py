@@ -111,11 +111,12 @@ def test_a_run_that_finds_its_numbers_is_not_stopped(run_cli, fake_api, sample_c
 
 def test_first_contact_stops_on_pages_that_are_not_the_api_and_on_refused_connections() -> None:
     """Six attempts with an HTML page (HTTP 200) or a refused connection, before any verdict,
-    stop the run; 5xx answers are left to the retries; after a verdict nothing stops it."""
-    from engine.errors import NoApiThere, ServerError, TransportError
+    stop the run; 5xx answers and verdicts that cannot be true (the API is there, and lies) are
+    left to the retries; after a verdict nothing stops it."""
+    from engine.errors import NoApiThere, NotAVerdict, ServerError, TransportError
     from engine.guard import NO_API_ATTEMPTS, FirstContact
 
-    page = ServerError("HTTP 200, body is not a JSON verdict: <html>", http_status=200)
+    page = NotAVerdict("HTTP 200, body is not a JSON verdict: <html>", http_status=200)
     refused = TransportError("cannot connect to http://x/: Connection refused")
     for error in (page, refused):
         contact = FirstContact("http://x/")
@@ -127,6 +128,7 @@ def test_first_contact_stops_on_pages_that_are_not_the_api_and_on_refused_connec
     down = FirstContact("http://x/")
     for _ in range(50):
         down.failed(ServerError("HTTP 503: busy", http_status=503))
+        down.failed(ServerError("impossible answer (HTTP 200): deleted 5 of 3", http_status=200))
     reached = FirstContact("http://x/")
     reached.succeeded()
     for _ in range(50):

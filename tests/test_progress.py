@@ -169,7 +169,7 @@ def test_start_up_is_not_counted_in_the_rate() -> None:
 def test_the_pace_says_what_the_pacer_holds_and_a_long_wait() -> None:
     """The pace in words: the rate held, unlimited, and a wait for the server's window."""
     clock = [1000.0]
-    waiting = Pacer(10, clock=lambda: clock[0])
+    waiting = Pacer(10, clock=lambda: clock[0], wall_offset=time.time() - clock[0])
     waiting.on_rate_limited(waiting.unpaced(), 600.0)
     text, slowed = pacer_view(waiting)
     assert text.startswith("server limit reached: waiting until ") and "(about 10 min)" in text
