@@ -122,12 +122,6 @@ def describe_limit(stored: object) -> str | None:
     return limit.describe() + when
 
 
-def narrow(hypothesis: Hypothesis) -> bool:
-    """Its quota is known: the bounds are within a request or two percent of each other."""
-    hi = hypothesis.hi
-    return hi is not None and hi <= hypothesis.lo + max(1, math.ceil(NARROW_SHARE * hypothesis.lo))
-
-
 class Hypothesis:
     """One candidate shape of the server's limit, with what is known of its quota."""
 
@@ -139,6 +133,12 @@ class Hypothesis:
         self.lo = 1  # the quota is at least this (a limit of 0 would be no service at all)
         self.hi: int | None = None  # and at most this; None: no refusal says so
         self.alive = True
+
+    @property
+    def known(self) -> bool:
+        """Its quota is known: the bounds are within a request or two percent of each other."""
+        hi = self.hi
+        return hi is not None and hi <= self.lo + max(1, math.ceil(NARROW_SHARE * self.lo))
 
     def __repr__(self) -> str:
         kind = "fixed" if self.fixed else "sliding"
@@ -308,7 +308,7 @@ class LimitModel:
     def pinned(self) -> bool:
         """One window length stands and its quota is known: trust what it predicts."""
         binding = self.binding()
-        return binding is not None and self.settled and narrow(binding)
+        return binding is not None and self.settled and binding.known
 
     def binding(self) -> Hypothesis | None:
         """The shortest standing shape with a known upper bound: the limit to pace by.

@@ -54,7 +54,7 @@ from collections.abc import Callable, Sequence
 import anyio
 from aiolimiter import AsyncLimiter
 
-from engine.limits import FIXED_SLACK_S, FIXED_SLACK_SHARE, Hypothesis, Limit, LimitModel, narrow
+from engine.limits import FIXED_SLACK_S, FIXED_SLACK_SHARE, Hypothesis, Limit, LimitModel
 from engine.rates import UNIT_WORDS, pace_text
 
 log = logging.getLogger(__name__)
@@ -538,7 +538,7 @@ class Pacer:
         if self._probe_quota is not None:
             return self._probe_quota, True
         assert binding.hi is not None  # a binding shape has been refused
-        if not narrow(binding):
+        if not binding.known:
             return binding.hi, True
         return binding.lo, False
 
