@@ -79,7 +79,9 @@ def test_a_run_against_the_wrong_group_stops_early_and_a_resume_keeps_the_decisi
     assert first.returncode == 3, first.output
     assert "none of the first" in first.stderr and "--number-format" in first.stderr
     sent = _requests(server)
-    assert GUARD_NUMBERS // 100 <= sent <= GUARD_NUMBERS // 100 + 8
+    # The guard judges verdicts as the collector merges them; by then the workers may have sent
+    # what is in flight (4) and what waits in the results stream (2 x concurrency = 8).
+    assert GUARD_NUMBERS // 100 <= sent <= GUARD_NUMBERS // 100 + 4 + 8
 
     again = run_cli(*args)
     assert again.returncode == 3, again.output
