@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import signal
+import sqlite3
 import time
 import uuid
 from collections.abc import Callable
@@ -37,7 +38,7 @@ from engine.checkpoint import (
 )
 from engine.client import OzonetelClient
 from engine.collector import CircuitBreaker, Collector
-from engine.errors import CheckpointWriteError, OzbulkError
+from engine.errors import CheckpointWriteError, InputError, InputFailedMidRun, OzbulkError
 from engine.numbers import Normalizer, formatter
 from engine.pacing import Pacer
 from engine.producer_process import ProducerInProcess, ProducerProcess, Selection
@@ -128,20 +129,19 @@ class Run:
             checkpoint,
             stats=self.stats,
             counters=checkpoint.meta("counters", {}) or {},
-            in_doubt_below=checkpoint.meta("horizon", 0),
             breaker=CircuitBreaker(settings.breaker_window, settings.breaker_ratio),
             write=self.write,
             commit_interval=settings.commit_interval,
-            # Each step is one committed write; larger steps mark more chunks in doubt after a
-            # kill -9 (never fewer than were really in flight), so a step is a few hundred ms of
-            # requests at high rates.
-            horizon_step=max(256, 16 * settings.concurrency),
+            horizon_step=horizon_step(settings.concurrency),
         )
         self.collector.load_totals()
         self.source = self._chunk_source()
         self.collector.input_counts = self.source.counts  # stored for `ozbulk status`
         self.stopping = anyio.Event()
         self.started = time.monotonic()
+        # Results merged but never committed (the checkpoint stopped taking writes): they are
+        # not counted in the summary, and a resume sends their chunks again, in doubt.
+        self.unrecorded_chunks = 0
 
     def _chunk_source(self) -> ProducerProcess | ProducerInProcess:
         """The producer runs in a child process (the second core) unless it reads stdin."""
@@ -246,10 +246,49 @@ class Run:
             except OzbulkError as single:
                 error = single
         try:
-            self.collector.commit()
+            # Every task has ended: no request is in flight, so what is in doubt is exact.
+            self.collector.settle()
         except CheckpointWriteError as write_error:
             error = error or write_error
+        if isinstance(error, CheckpointWriteError):
+            self._count_only_what_was_committed()
+        if isinstance(error, InputError) and self.collector.dispatched:
+            error = self._input_failed_mid_run(error)
+        if error is None and self._input_held_no_number(stop):
+            error = self._no_number_error()
         return error
+
+    def _count_only_what_was_committed(self) -> None:
+        """After a failed write, the summary tells what the checkpoint holds, not what was
+        merged in memory: a resume goes by the checkpoint."""
+        self.unrecorded_chunks = self.collector.pending
+        with contextlib.suppress(sqlite3.Error):
+            self.collector.load_totals()
+
+    def _input_failed_mid_run(self, error: InputError) -> InputFailedMidRun:
+        totals = self.collector.totals
+        return InputFailedMidRun(
+            f"stopped on bad input after sending {self.collector.dispatched:,} chunk(s) in this "
+            f"pass ({totals.deleted:,} numbers deleted in all, recorded in the checkpoint): "
+            f"{error}. Nothing past that point was sent. Re-running the same command resumes "
+            "without sending a finished chunk again, and stops at the same place; a repaired "
+            "copy of the file is a new input (--restart, or another --checkpoint)",
+            cause=error,
+        )
+
+    def _input_held_no_number(self, stop: StopControl | None) -> bool:
+        counts = self.counts
+        return counts.finished and counts.accepted == 0 and not (stop and stop.requests)
+
+    def _no_number_error(self) -> InputError:
+        c = self.counts
+        if c.rows == 0:
+            return InputError("the input holds no data rows: nothing to delete")
+        return InputError(
+            f"the input holds no phone number to send: {c.rows:,} rows read, {c.rejected:,} "
+            f"rejected, {c.duplicates:,} duplicates; rejected.csv in the report says why each "
+            "row was rejected (a wrong --column or --country?)"
+        )
 
     def _on_stop(self, stop: StopControl, scope: anyio.CancelScope) -> None:
         self.stopping.set()
@@ -280,6 +319,7 @@ class Run:
             "not_found": not_found,
             "failed_numbers": totals.failed_numbers,
             "in_doubt_chunks": totals.in_doubt_chunks,
+            "unrecorded_chunks": self.unrecorded_chunks,
             "requests": counters["requests"],
             "retries": counters["retries"],
             "rate_limited": counters["rate_limited"],
@@ -290,6 +330,17 @@ class Run:
             "checkpoint": str(self.checkpoint.path),
             "fingerprint": fingerprint(self.checkpoint.identity()),
         }
+
+
+def horizon_step(concurrency: int) -> int:
+    """Chunks one move of the horizon covers (see :mod:`engine.collector`).
+
+    Each move is one committed write on the producer's path, so the step must outlast an fsync
+    at full speed; after a ``kill -9`` at most a step of chunks never sent is marked in doubt,
+    beyond what was in flight or queued. Twice the queue between producer and workers (itself
+    twice the concurrency) keeps the workers fed while a move commits.
+    """
+    return max(32, 4 * concurrency)
 
 
 def _first_ozbulk_error(group: BaseExceptionGroup[Any]) -> OzbulkError | None:

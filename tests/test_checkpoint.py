@@ -61,7 +61,12 @@ def open_run(path: Path, identity: dict[str, Any] | None = None) -> Checkpoint:
 
 
 def files_of(folder: Path) -> dict[str, bytes]:
-    return {entry.name: entry.read_bytes() for entry in sorted(folder.iterdir())}
+    """Every file under ``folder`` (the states folder's included), by its relative path."""
+    return {
+        str(entry.relative_to(folder)): entry.read_bytes()
+        for entry in sorted(folder.rglob("*"))
+        if entry.is_file()
+    }
 
 
 # Child processes import only the checkpoint module (not pytest), so each starts in a blink.
@@ -483,20 +488,21 @@ def test_producer_states_are_kept_newest_two_and_chosen_before_the_first_chunk_t
     checkpoint = open_run(path)
     assert checkpoint.producer_state(10**9) is None
     for next_chunk in (10, 20, 30):
-        name = f"state-{next_chunk}.pickle"
+        name = f"state-{next_chunk}.ozstate"
         (folder / name).write_bytes(b"state")
         reject = Reject(0, next_chunk, "x", "letters")
         checkpoint.record([done(next_chunk - 1)], [reject], {},
                           producer_state=(next_chunk, name))  # fmt: skip
     checkpoint.close()
     assert sorted(entry.name for entry in folder.iterdir()) == [
-        "state-20.pickle",
-        "state-30.pickle",
+        "run.json",  # the marker that a run began here, kept as long as the checkpoint
+        "state-20.ozstate",
+        "state-30.ozstate",
     ]
     reopened = open_run(path)
-    assert reopened.producer_state(35) == folder / "state-30.pickle"
-    assert reopened.producer_state(30) == folder / "state-30.pickle"
-    assert reopened.producer_state(29) == folder / "state-20.pickle"
+    assert reopened.producer_state(35) == folder / "state-30.ozstate"
+    assert reopened.producer_state(30) == folder / "state-30.ozstate"
+    assert reopened.producer_state(29) == folder / "state-20.ozstate"
     assert reopened.producer_state(19) is None  # state 10 was dropped: only two are kept
     assert len(list(reopened.reject_rows())) == 3
     reopened.close()
@@ -513,7 +519,7 @@ def test_a_schema_1_checkpoint_is_migrated_and_resumes_without_producer_states(
     migrated = open_run(path)
     assert migrated.schema_version() == SCHEMA_VERSION == 2
     assert migrated.producer_state(5) is None
-    migrated.record([done(1)], [], {}, producer_state=(2, "state-2.pickle"))
-    assert migrated.producer_state(5) == states_dir(path) / "state-2.pickle"
+    migrated.record([done(1)], [], {}, producer_state=(2, "state-2.ozstate"))
+    assert migrated.producer_state(5) == states_dir(path) / "state-2.ozstate"
     assert set(migrated.ids(DONE)) == {0, 1}
     migrated.close()

@@ -53,7 +53,6 @@ def collector_for(
         checkpoint,
         stats=LiveStats(),
         counters=checkpoint.meta("counters", {}) or {},
-        in_doubt_below=checkpoint.meta("horizon", 0),
         breaker=CircuitBreaker(window, ratio),
         write=str,
         commit_interval=interval,
