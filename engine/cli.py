@@ -18,16 +18,19 @@ from typing import Any
 
 import anyio
 
+from engine import interruption
 from engine import settings as defaults
 from engine.config import config_path, layer_defaults
-from engine.errors import InputError, OzbulkError, UsageError
+from engine.errors import InputError, InputFailedMidRun, OzbulkError, UsageError
+from engine.files import check_output_paths, prepare_log_file, write_private_text
 from engine.logs import REDACTOR, setup_logging
 from engine.numbers import Normalizer
 from engine.pipeline import RunOutcome, delete, open_checkpoint
 from engine.plan import Plan, make_plan, write_rejects
 from engine.progress import BarDisplay, LogDisplay
+from engine.report import default_report_dir
 from engine.settings import InputSettings, RunSettings, Secret
-from engine.source import CsvSource
+from engine.source import CsvSource, check_input_path
 from engine.status import show_status, write_report_for
 
 log = logging.getLogger("engine")
@@ -37,7 +40,8 @@ exit codes:
   0    complete: every number has a verdict
   1    finished, but some chunks failed after all retries (re-run to retry them)
   2    bad usage, settings, input or checkpoint (nothing was sent)
-  3    stopped by an answer no retry can fix (bad credentials, invalid group id); resumable
+  3    stopped part-way by an answer no retry can fix (bad credentials, invalid group id)
+       or by input unreadable past some point; what was sent is recorded; resumable
   4    the checkpoint could not be written (disk full, read-only); resumable once fixed
   130  interrupted (Ctrl-C or SIGTERM); re-run the same command to resume
 """
@@ -340,9 +344,9 @@ def _expand(inputs: list[str]) -> tuple[str, ...]:
                 raise UsageError(f"{item}: no file matches this pattern")
             paths.extend(matches)
         else:
-            if item != "-" and not os.path.isfile(item):
-                raise UsageError(f"{item}: no such file")
             paths.append(item)
+    for path in paths:
+        check_input_path(path)  # a folder, a device, a pipe or a link loop: say which
     return tuple(paths)
 
 
@@ -442,7 +446,8 @@ def print_summary(outcome: RunOutcome, argv: list[str] | None = None) -> None:
     print(f"  checkpoint   {summary['checkpoint']}")
     print(f"exit {outcome.exit_code}: {meaning}")
     # A bad input fails the same way on every re-run: resuming is not the advice then.
-    if outcome.exit_code != 0 and argv is not None and not isinstance(outcome.error, InputError):
+    final = (InputError, InputFailedMidRun)  # their message says what to do
+    if outcome.exit_code != 0 and argv is not None and not isinstance(outcome.error, final):
         if "-" in argv:
             print("standard input was read once and cannot be resumed: save it to a file first")
         else:
@@ -462,6 +467,7 @@ def cmd_delete(args: argparse.Namespace, argv: list[str]) -> int:
     if settings.inputs.from_stdin:
         log.warning("reading standard input: this run cannot be resumed if interrupted")
     _check_inputs(settings)
+    _check_outputs(settings, dry_run=args.dry_run)
     if args.dry_run:
         return _dry_run(settings)
     settings.require_api_key()
@@ -470,12 +476,13 @@ def cmd_delete(args: argparse.Namespace, argv: list[str]) -> int:
     _confirm(args.yes)
     checkpoint = open_checkpoint(settings, restart=args.restart)
     progress = _progress(args, plan.numbers if plan.exact else None)
+    interruption.sending_begins(settings.checkpoint)
     outcome = anyio.run(
         lambda: delete(settings, checkpoint=checkpoint, progress=progress, handle_signals=True)
     )
     if settings.summary_json is not None:
-        settings.summary_json.write_text(
-            json.dumps(outcome.summary, indent=2, sort_keys=True) + "\n"
+        write_private_text(
+            settings.summary_json, json.dumps(outcome.summary, indent=2, sort_keys=True) + "\n"
         )
     print_summary(outcome, argv)
     if outcome.error is not None:
@@ -491,10 +498,21 @@ def _check_inputs(settings: RunSettings) -> None:
             CsvSource(path, settings.inputs.column, looks_like_phone).inspect()
 
 
-def _dry_run(settings: RunSettings) -> int:
-    out = settings.report_dir or settings.checkpoint.with_name(
-        settings.checkpoint.name + ".dry-run"
+def _check_outputs(settings: RunSettings, *, dry_run: bool) -> None:
+    """Every file and folder the run will write, checked before anything is sent."""
+    files = [] if settings.summary_json is None else [("--summary-json", settings.summary_json)]
+    report = settings.report_dir or (
+        _dry_run_dir(settings) if dry_run else default_report_dir(settings.checkpoint)
     )
+    check_output_paths(files, [("--report-dir", report)])
+
+
+def _dry_run_dir(settings: RunSettings) -> Path:
+    return settings.checkpoint.with_name(settings.checkpoint.name + ".dry-run")
+
+
+def _dry_run(settings: RunSettings) -> int:
+    out = settings.report_dir or _dry_run_dir(settings)
     counts = write_rejects(settings, out)
     plan = Plan(settings, counts, True, None, None)
     print(plan.render().replace("ozbulk plan", "ozbulk plan (dry run: nothing sent)"))
@@ -502,7 +520,16 @@ def _dry_run(settings: RunSettings) -> int:
     if settings.summary_json is not None:
         totals = {key: getattr(counts, key) for key in ("rows", "accepted", "rejected",
                                                           "duplicates", "chunks")}  # fmt: skip
-        settings.summary_json.write_text(json.dumps({**totals, "dry_run": True}, indent=2) + "\n")
+        write_private_text(
+            settings.summary_json, json.dumps({**totals, "dry_run": True}, indent=2) + "\n"
+        )
+    if counts.rows == 0:
+        raise InputError("the input holds no data rows: nothing to delete")
+    if counts.accepted == 0:
+        raise InputError(
+            f"the input holds no phone number to send: {counts.rows:,} rows, all rejected or "
+            f"duplicates; {out / 'rejected.csv'} says why (a wrong --column or --country?)"
+        )
     return 0
 
 
@@ -563,6 +590,7 @@ def _dispatch(args: argparse.Namespace, argv: list[str], sources: dict[str, str]
 
 
 def main(argv: list[str] | None = None) -> int:
+    interruption.install()
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     verbose = "-v" in argv or "--verbose" in argv or "-vv" in argv
@@ -572,14 +600,16 @@ def main(argv: list[str] | None = None) -> int:
             layered = LAYERED[0] if argv[0] == "delete" else LAYERED[1]
             sources = layer_defaults(layered, argv, file=config_path(argv))
         args = parser.parse_args(argv)
+        if args.log_file is not None:
+            prepare_log_file(args.log_file)  # owner-only, and refused now if unwritable
         setup_logging(verbose=args.verbose, quiet=args.quiet, log_file=args.log_file,
                       fmt=args.log_format)  # fmt: skip
         return _dispatch(args, argv, sources)
     except OzbulkError as error:
         print(f"ozbulk: error: {REDACTOR.scrub(str(error))}", file=sys.stderr)
         return error.exit_code
-    except KeyboardInterrupt:
-        print("ozbulk: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as interrupt:
+        print(f"ozbulk: {interruption.describe(interrupt)}", file=sys.stderr)
         return 130
     except Exception as error:  # an internal bug: say so plainly, trace it only on request
         if verbose:
