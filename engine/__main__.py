@@ -4,9 +4,12 @@ import sys
 
 from engine import interruption
 
-# Before the command's imports: a SIGTERM during start-up exits 130 with a line, not 143.
-interruption.install()
-
-from engine.cli import main  # noqa: E402
+try:
+    # Before the command's imports: a SIGTERM during start-up exits 130 with a line, not 143.
+    interruption.install()
+    from engine.cli import main
+except KeyboardInterrupt as interrupt:
+    sys.stderr.write(f"ozbulk: {interruption.describe(interrupt)}\n")
+    sys.exit(130)
 
 sys.exit(main())

@@ -107,6 +107,7 @@ STATES_SUFFIX = ".states"
 RUN_MARKER = "run.json"
 # The only names a producer_states row may give: a crafted row cannot point outside the folder.
 STATE_NAME = re.compile(r"state-[0-9]{1,18}\.ozstate")
+STATE_FILE = re.compile(r"state-([0-9]{1,18})\.ozstate(?:\.partial)?")
 
 
 def states_dir(path: Path) -> Path:
@@ -448,11 +449,22 @@ class Checkpoint:
         self._guard(write)
 
     def _prune_states(self) -> None:
-        kept = {row[0] for row in self._db.execute("SELECT file FROM producer_states")}
+        """Remove state files no longer recorded, but not those the producer wrote ahead.
+
+        The producer process writes a state before the collector hears of it: a file newer
+        than every recorded one is about to be recorded, not stale.
+        """
+        rows = list(self._db.execute("SELECT next_chunk, file FROM producer_states"))
+        kept = {file for _, file in rows}
+        newest = max((next_chunk for next_chunk, _ in rows), default=-1)
         with contextlib.suppress(OSError):
             for entry in states_dir(self.path).iterdir():
-                if entry.name not in kept and entry.name != RUN_MARKER:
-                    entry.unlink(missing_ok=True)
+                if entry.name in kept or entry.name == RUN_MARKER:
+                    continue
+                ahead = STATE_FILE.fullmatch(entry.name)
+                if ahead and int(ahead[1]) > newest:
+                    continue
+                entry.unlink(missing_ok=True)
 
     def set_horizon(self, horizon: int, unsettled: dict[str, Any] | None = None) -> None:
         """Promise that every chunk at or past ``horizon`` is recorded or was never sent.

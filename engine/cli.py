@@ -501,10 +501,12 @@ def _check_inputs(settings: RunSettings) -> None:
 def _check_outputs(settings: RunSettings, *, dry_run: bool) -> None:
     """Every file and folder the run will write, checked before anything is sent."""
     files = [] if settings.summary_json is None else [("--summary-json", settings.summary_json)]
-    report = settings.report_dir or (
-        _dry_run_dir(settings) if dry_run else default_report_dir(settings.checkpoint)
-    )
-    check_output_paths(files, [("--report-dir", report)])
+    folders = [] if settings.report_dir is None else [("--report-dir", settings.report_dir)]
+    if settings.report_dir is None and settings.checkpoint.parent.is_dir():
+        # Beside the checkpoint: a checkpoint folder that is unusable is refused on its own.
+        report = _dry_run_dir(settings) if dry_run else default_report_dir(settings.checkpoint)
+        folders.append(("the report folder (choose one with --report-dir)", report))
+    check_output_paths(files, folders)
 
 
 def _dry_run_dir(settings: RunSettings) -> Path:

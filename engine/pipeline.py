@@ -142,6 +142,8 @@ class Run:
         # Results merged but never committed (the checkpoint stopped taking writes): they are
         # not counted in the summary, and a resume sends their chunks again, in doubt.
         self.unrecorded_chunks = 0
+        # An input that failed after chunks were sent: the run drains, then stops with it.
+        self.input_error: InputError | None = None
 
     def _chunk_source(self) -> ProducerProcess | ProducerInProcess:
         """The producer runs in a child process (the second core) unless it reads stdin."""
@@ -191,14 +193,21 @@ class Run:
     async def produce(self, chunks: Any) -> None:
         # aclosing: a stop ends the producer (and kills its process) now, not at garbage time.
         async with chunks, contextlib.aclosing(self.source.chunks()) as source:
-            async for chunk in source:
-                if self.stopping.is_set():
-                    return
-                await self.collector.dispatch(chunk)
-                try:
-                    await streams.send(chunks, chunk)
-                except anyio.BrokenResourceError:
-                    return  # every worker has stopped (a graceful stop): nothing to feed
+            try:
+                async for chunk in source:
+                    if self.stopping.is_set():
+                        return
+                    await self.collector.dispatch(chunk)
+                    try:
+                        await streams.send(chunks, chunk)
+                    except anyio.BrokenResourceError:
+                        return  # every worker has stopped (a graceful stop): nothing to feed
+            except InputError as error:
+                if not self.collector.dispatched:
+                    raise  # nothing was sent: a plain bad input (exit 2)
+                # Part-way: stop as after Ctrl-C, so the requests in flight finish and count.
+                self.input_error = error
+                self.stopping.set()
 
     async def execute(self, stop: StopControl | None, progress: Any | None) -> OzbulkError | None:
         settings = self.settings
@@ -252,8 +261,8 @@ class Run:
             error = error or write_error
         if isinstance(error, CheckpointWriteError):
             self._count_only_what_was_committed()
-        if isinstance(error, InputError) and self.collector.dispatched:
-            error = self._input_failed_mid_run(error)
+        if error is None and self.input_error is not None:
+            error = self._input_failed_mid_run(self.input_error)
         if error is None and self._input_held_no_number(stop):
             error = self._no_number_error()
         return error
@@ -268,11 +277,12 @@ class Run:
     def _input_failed_mid_run(self, error: InputError) -> InputFailedMidRun:
         totals = self.collector.totals
         return InputFailedMidRun(
-            f"stopped on bad input after sending {self.collector.dispatched:,} chunk(s) in this "
-            f"pass ({totals.deleted:,} numbers deleted in all, recorded in the checkpoint): "
-            f"{error}. Nothing past that point was sent. Re-running the same command resumes "
-            "without sending a finished chunk again, and stops at the same place; a repaired "
-            "copy of the file is a new input (--restart, or another --checkpoint)",
+            f"stopped on bad input after sending {totals.numbers_finished_this_pass:,} numbers "
+            f"in this pass ({totals.deleted:,} numbers deleted in all, recorded in the "
+            f"checkpoint): {error}. Nothing past that point was sent. Re-running the same "
+            "command resumes without sending a finished chunk again, and stops at the same "
+            "place; a repaired copy of the file is a new input (--restart, or another "
+            "--checkpoint)",
             cause=error,
         )
 

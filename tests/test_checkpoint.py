@@ -523,3 +523,32 @@ def test_a_schema_1_checkpoint_is_migrated_and_resumes_without_producer_states(
     assert migrated.producer_state(5) == states_dir(path) / "state-2.ozstate"
     assert set(migrated.ids(DONE)) == {0, 1}
     migrated.close()
+
+
+def test_a_state_the_producer_wrote_ahead_of_its_record_is_not_pruned(tmp_path: Path) -> None:
+    """The producer writes a state before the collector records it: a commit that records an
+    older one must not remove the newer file (the resume would lose it); stale ones go."""
+    path = tmp_path / "run.ckpt"
+    folder = states_dir(path)
+    checkpoint = open_run(path)
+    folder.mkdir(exist_ok=True)
+    for name in ("state-5.ozstate", "state-10.ozstate", "state-20.ozstate", "state-9.pickle"):
+        (folder / name).write_bytes(b"state")
+    checkpoint.record([done(9)], [], {}, producer_state=(10, "state-10.ozstate"))
+    assert sorted(entry.name for entry in folder.iterdir()) == [
+        "run.json",
+        "state-10.ozstate",
+        "state-20.ozstate",  # written ahead: its record comes with the next commit
+    ]
+    checkpoint.record([done(19)], [], {}, producer_state=(20, "state-20.ozstate"))
+    assert checkpoint.producer_state(25) == folder / "state-20.ozstate"
+    assert (folder / "state-20.ozstate").exists()
+    checkpoint.close()
+
+
+def test_a_crafted_state_name_in_the_checkpoint_is_ignored(tmp_path: Path) -> None:
+    """A producer_states row naming a path outside the states folder is never used."""
+    checkpoint = open_run(tmp_path / "run.ckpt")
+    checkpoint.record([done(0)], [], {}, producer_state=(1, "../../etc/passwd"))
+    assert checkpoint.producer_state(5) is None
+    checkpoint.close()

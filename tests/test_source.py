@@ -322,7 +322,7 @@ def test_corrupt_gzip_is_an_input_error(tmp_path):
 
 def test_missing_file_is_an_input_error(tmp_path):
     """A path that does not exist is refused as such."""
-    with pytest.raises(InputError, match="nope.csv: no such file"):
+    with pytest.raises(InputError, match=r"nope\.csv: no such file"):
         read(tmp_path / "nope.csv")
 
 
