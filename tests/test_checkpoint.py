@@ -7,6 +7,7 @@ import os
 import random
 import signal
 import sqlite3
+import stat
 import subprocess
 import sys
 import time
@@ -552,3 +553,62 @@ def test_a_crafted_state_name_in_the_checkpoint_is_ignored(tmp_path: Path) -> No
     checkpoint.record([done(0)], [], {}, producer_state=(1, "../../etc/passwd"))
     assert checkpoint.producer_state(5) is None
     checkpoint.close()
+
+
+# -- a checkpoint that lost part of itself ----------------------------------------------------
+
+
+def test_a_killed_run_whose_wal_is_lost_is_refused_with_the_way_out(tmp_path: Path) -> None:
+    """kill -9 leaves the main file marked open: without its -wal it is refused, untouched."""
+    path = tmp_path / "c.ckpt"
+    crash_after_writing(path, 4)
+    assert Path(f"{path}-wal").exists()  # a killed run leaves its log, even when folded in
+    reader = Checkpoint.read(path)  # with its log, every commit is there
+    assert reader.sums()["chunks_done"] == 4
+    reader.close()
+    Path(f"{path}-wal").unlink()
+    before = files_of(tmp_path)
+    with pytest.raises(CheckpointError, match=r"c\.ckpt-wal file, which holds .* is missing"):
+        open_run(path)
+    assert files_of(tmp_path) == before
+
+
+def test_a_clean_close_leaves_no_wal_and_reopens(tmp_path: Path) -> None:
+    """A run that closes cleanly folds its log in: no -wal, and the file alone is whole."""
+    path = tmp_path / "c.ckpt"
+    checkpoint = open_run(path)
+    checkpoint.record([done(0), done(1)], [], {})
+    checkpoint.close()
+    assert not Path(f"{path}-wal").exists()
+    reopened = open_run(path)
+    assert reopened.sums()["chunks_done"] == 2
+    reopened.close()
+
+
+def test_an_emptied_checkpoint_of_a_run_that_began_is_refused(tmp_path: Path) -> None:
+    """Cut to 0 bytes after a run began (its states folder says so): refused, not reused."""
+    path = tmp_path / "c.ckpt"
+    checkpoint = open_run(path)
+    checkpoint.record([done(0)], [], {})
+    checkpoint.close()
+    path.write_bytes(b"")
+    with pytest.raises(CheckpointError, match=r"is empty \(0 bytes\), but c\.ckpt\.states/run"):
+        open_run(path)
+    assert path.read_bytes() == b""
+    aside = move_aside(path)  # what --restart does
+    assert states_dir(aside).is_dir()
+    open_run(path).close()
+
+
+def test_the_checkpoint_its_companions_and_states_folder_are_owner_only(tmp_path: Path) -> None:
+    """0600 for the file, -wal and -shm, 0700 for the states folder, even under umask 022."""
+    previous = os.umask(0o022)
+    try:
+        checkpoint = open_run(tmp_path / "c.ckpt")
+        checkpoint.record([done(0)], [], {})
+        for name in ("c.ckpt", "c.ckpt-wal", "c.ckpt-shm", "c.ckpt.states/run.json"):
+            assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o600, name
+        assert stat.S_IMODE((tmp_path / "c.ckpt.states").stat().st_mode) == 0o700
+        checkpoint.close()
+    finally:
+        os.umask(previous)

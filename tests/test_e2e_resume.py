@@ -27,6 +27,7 @@ from typing import Any
 import pytest
 
 from engine.batcher import Producer, accepted_numbers
+from engine.checkpoint import Checkpoint
 from engine.errors import CheckpointError
 from engine.numbers import Normalizer
 from engine.settings import InputSettings
@@ -603,6 +604,13 @@ def test_a_checkpoint_that_becomes_unwritable_mid_run_stops_with_exit_4_and_lose
     after = done_ids(tmp_path / "c.ckpt")
     assert seen and seen <= after  # nothing committed before is lost
     assert len(after) < baseline["chunks_total"]  # it did stop midway
+    stopped = read_summary(tmp_path / "s.json")
+    # The summary tells what the checkpoint holds, not what was merged in memory.
+    reader = Checkpoint.read(tmp_path / "c.ckpt")
+    committed = reader.sums()
+    reader.close()
+    assert stopped["chunks_done"] == committed["chunks_done"] == len(after), stopped
+    assert (stopped["sent"], stopped["deleted"]) == (committed["sent"], committed["deleted"])
 
     api.state.run = 1
     resumed = run_cli(*args)
