@@ -22,8 +22,9 @@ re-send chunks that were done and report their numbers as not found. Two things 
   file. A run marks the main file itself "open for writing" (``writer_open`` in ``meta``, made
   durable in the main file by a checkpoint of the log before the first request) and marks it
   closed in its last commit, just before SQLite folds the log in and deletes it. SQLite deletes
-  a ``-wal`` only on such a clean close: a killed run leaves it behind, even when empty. So a
-  main file that says "open" with no ``-wal`` beside it has lost its log.
+  a ``-wal`` only on such a clean close: a killed run leaves it behind, even when empty, and a
+  run whose last commit fails (a full disk) keeps it on purpose. So a main file that says
+  "open" with no ``-wal`` beside it has lost its log.
 - the main file's contents (a zero-byte or table-less file). Every run creates
   ``CHECKPOINT.states/run.json`` once its schema is durable in the main file and before anything
   is sent; a crash before that leaves nothing worth keeping, so an empty file is reused only
@@ -332,6 +333,24 @@ class Checkpoint:
             path=str(self.path),
         )
 
+    def _keep_log_on_close(self) -> sqlite3.Connection | None:
+        """The closing commit failed (a full disk): SQLite must not fold the log in and delete
+        it on close, or the main file, still marked open, would be taken for one whose -wal was
+        lost. Returns a connection to close after this one, when that is how it is done."""
+        setconfig = getattr(self._db, "setconfig", None)  # Python 3.12+
+        option = getattr(sqlite3, "SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE", None)
+        if setconfig is not None and option is not None:
+            with contextlib.suppress(sqlite3.Error):
+                setconfig(option, True)
+                return None
+        # Python 3.11: while a reader holds the log, the writer's close leaves it in place,
+        # and a read-only connection never folds it in.
+        with contextlib.suppress(sqlite3.Error):
+            reader = _open_read_only(self.path)
+            reader.execute("SELECT COUNT(*) FROM meta").fetchone()
+            return reader
+        return None
+
     def _prepare(
         self, identity: dict[str, Any], settings: dict[str, Any], *, fresh: bool, version: int
     ) -> None:
@@ -573,11 +592,17 @@ class Checkpoint:
         )
 
     def close(self) -> None:
+        holder = None
         if self._lock_descriptor is not None:
             # The last commit: a clean close. SQLite then folds the log in and deletes it.
-            with contextlib.suppress(sqlite3.Error), self._transaction():
-                self._set_meta(writer_open=False)
+            try:
+                with self._transaction():
+                    self._set_meta(writer_open=False)
+            except sqlite3.Error:
+                holder = self._keep_log_on_close()
         self._db.close()
+        if holder is not None:
+            holder.close()
         # Only after SQLite has let go: closing any descriptor of the file drops every POSIX
         # lock this process holds on it, SQLite's own included.
         if self._lock_descriptor is not None:
@@ -644,13 +669,20 @@ def _mark_states_folder(path: Path, identity: dict[str, Any]) -> None:
     marker = folder / RUN_MARKER
     if marker.exists():
         return
-    make_private_dir(folder)
-    write_private_text(marker, json.dumps({"fingerprint": fingerprint(identity)}) + "\n")
-    descriptor = os.open(folder, os.O_RDONLY)
     try:
-        os.fsync(descriptor)  # the marker must outlive a power cut that follows a send
-    finally:
-        os.close(descriptor)
+        make_private_dir(folder)
+        write_private_text(marker, json.dumps({"fingerprint": fingerprint(identity)}) + "\n")
+        descriptor = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(descriptor)  # the marker must outlive a power cut that follows a send
+        finally:
+            os.close(descriptor)
+    except OSError as error:
+        raise CheckpointWriteError(
+            f"cannot create {marker}: {error.strerror}; make the checkpoint's folder writable "
+            "or choose another --checkpoint (nothing was sent)",
+            path=str(path),
+        ) from None
 
 
 def _refuse_emptied(path: Path) -> None:
@@ -669,16 +701,20 @@ def _refuse_emptied(path: Path) -> None:
 
 
 def _set_orphans_aside(path: Path) -> None:
-    """A WAL without its database must not be replayed into a new one: keep it, renamed."""
-    orphans = [Path(f"{path}{suffix}") for suffix in COMPANIONS if Path(f"{path}{suffix}").exists()]
+    """A WAL without its database must not be replayed into a new one, nor an old run's states
+    folder taken for the new run's: keep them, renamed."""
+    suffixes = (*COMPANIONS, STATES_SUFFIX)
+    orphans = [Path(f"{path}{suffix}") for suffix in suffixes if Path(f"{path}{suffix}").exists()]
     if not orphans:
         return
     target = _fresh_name(path, ".orphan")
     for orphan in orphans:
         orphan.rename(Path(f"{target}{orphan.name[len(path.name) :]}"))
     log.warning(
-        "%s was missing but its SQLite companion files were not; they were moved to %s-*",
+        "%s was missing but files of an earlier run beside it were not (%s); they were moved "
+        "to %s*",
         path,
+        ", ".join(orphan.name for orphan in orphans),
         target,
     )
 

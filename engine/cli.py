@@ -25,7 +25,7 @@ from engine.errors import InputError, InputFailedMidRun, OzbulkError, UsageError
 from engine.files import check_output_paths, prepare_log_file, write_private_text
 from engine.logs import REDACTOR, setup_logging
 from engine.numbers import Normalizer
-from engine.pipeline import RunOutcome, delete, open_checkpoint
+from engine.pipeline import RunOutcome, delete, no_number_error, open_checkpoint
 from engine.plan import Plan, make_plan, write_rejects
 from engine.progress import BarDisplay, LogDisplay
 from engine.report import default_report_dir
@@ -525,13 +525,8 @@ def _dry_run(settings: RunSettings) -> int:
         write_private_text(
             settings.summary_json, json.dumps({**totals, "dry_run": True}, indent=2) + "\n"
         )
-    if counts.rows == 0:
-        raise InputError("the input holds no data rows: nothing to delete")
     if counts.accepted == 0:
-        raise InputError(
-            f"the input holds no phone number to send: {counts.rows:,} rows, all rejected or "
-            f"duplicates; {out / 'rejected.csv'} says why (a wrong --column or --country?)"
-        )
+        raise no_number_error(counts, str(out / "rejected.csv"))
     return 0
 
 

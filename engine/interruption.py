@@ -10,6 +10,7 @@ ends the same way, and :func:`describe` says whether anything had been sent by t
 from __future__ import annotations
 
 import signal
+import threading
 from pathlib import Path
 from types import FrameType
 
@@ -23,7 +24,8 @@ class _Phase:
 
 def install() -> None:
     """SIGTERM raises KeyboardInterrupt, as SIGINT does (the run installs its own handlers)."""
-    signal.signal(signal.SIGTERM, _interrupt)
+    if threading.current_thread() is threading.main_thread():  # only there can Python catch it
+        signal.signal(signal.SIGTERM, _interrupt)
 
 
 def _interrupt(signum: int, frame: FrameType | None) -> None:

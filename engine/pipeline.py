@@ -264,7 +264,7 @@ class Run:
         if error is None and self.input_error is not None:
             error = self._input_failed_mid_run(self.input_error)
         if error is None and self._input_held_no_number(stop):
-            error = self._no_number_error()
+            error = no_number_error(self.counts, "rejected.csv in the report")
         return error
 
     def _count_only_what_was_committed(self) -> None:
@@ -289,16 +289,6 @@ class Run:
     def _input_held_no_number(self, stop: StopControl | None) -> bool:
         counts = self.counts
         return counts.finished and counts.accepted == 0 and not (stop and stop.requests)
-
-    def _no_number_error(self) -> InputError:
-        c = self.counts
-        if c.rows == 0:
-            return InputError("the input holds no data rows: nothing to delete")
-        return InputError(
-            f"the input holds no phone number to send: {c.rows:,} rows read, {c.rejected:,} "
-            f"rejected, {c.duplicates:,} duplicates; rejected.csv in the report says why each "
-            "row was rejected (a wrong --column or --country?)"
-        )
 
     def _on_stop(self, stop: StopControl, scope: anyio.CancelScope) -> None:
         self.stopping.set()
@@ -340,6 +330,17 @@ class Run:
             "checkpoint": str(self.checkpoint.path),
             "fingerprint": fingerprint(self.checkpoint.identity()),
         }
+
+
+def no_number_error(counts: InputCounts, rejected_csv: str) -> InputError:
+    """The error for an input read to its end without one number to send."""
+    if counts.rows == 0:
+        return InputError("the input holds no data rows: nothing to delete")
+    return InputError(
+        f"the input holds no phone number to send: {counts.rows:,} rows read, "
+        f"{counts.rejected:,} rejected, {counts.duplicates:,} duplicates; {rejected_csv} says "
+        "why each row was rejected (a wrong --column or --country?)"
+    )
 
 
 def horizon_step(concurrency: int) -> int:

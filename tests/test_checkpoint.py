@@ -422,6 +422,8 @@ def test_an_orphaned_wal_is_set_aside_not_replayed_into_a_new_checkpoint(tmp_pat
     kept = [entry for entry in tmp_path.iterdir() if entry.name.endswith(".orphan-wal")]
     assert len(kept) == 1
     assert kept[0].read_bytes() == wal
+    # The old run's states folder went with it: the new run's marker and states are its own.
+    assert Path(str(kept[0]).removesuffix("-wal") + ".states").is_dir()
 
 
 # -- crash safety ----------------------------------------------------------------------------
@@ -612,3 +614,23 @@ def test_the_checkpoint_its_companions_and_states_folder_are_owner_only(tmp_path
         checkpoint.close()
     finally:
         os.umask(previous)
+
+
+@pytest.mark.parametrize("python_311", [False, True], ids=["setconfig", "reader-holds-log"])
+def test_a_run_whose_closing_commit_fails_keeps_its_wal_and_resumes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, python_311: bool
+) -> None:
+    """Disk full at the last commit: the -wal is kept, so the file is not taken for one that
+    lost it; the next run resumes with every earlier commit."""
+    if python_311:  # no Connection.setconfig: a reader holds the log in place instead
+        monkeypatch.delattr(sqlite3, "SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE", raising=False)
+    path = tmp_path / "c.ckpt"
+    checkpoint = open_run(path)
+    checkpoint.record([done(0), done(1)], [], {})
+    monkeypatch.setattr(checkpoint, "_db", FailingCommits(checkpoint._db))
+    checkpoint.close()
+    assert Path(f"{path}-wal").exists()
+    reopened = open_run(path)
+    assert reopened.sums()["chunks_done"] == 2
+    reopened.close()
+    assert not Path(f"{path}-wal").exists()
