@@ -15,7 +15,6 @@ import os
 import pickle
 import signal
 import stat
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -309,7 +308,8 @@ def test_sigterm_before_sending_exits_130_saying_nothing_was_sent(fake_api, tmp_
     args = ["delete", str(path), "--group-id", str(GROUP), "--user", "tester", "--base-url",
             server.url, "--no-progress"]  # fmt: skip
     early = spawn(tmp_path, args, name="early")
-    time.sleep(0.3)  # still importing the command
+    # As soon as the handler is in (the kernel lists SIGTERM as caught): still importing.
+    wait_until(lambda: catches_sigterm(early.process.pid), timeout=30, what="the handler")
     early.signal(signal.SIGTERM)
     assert early.wait(30) == 130, early.output
     assert "interrupted (SIGTERM) before anything was sent" in early.output
@@ -320,6 +320,13 @@ def test_sigterm_before_sending_exits_130_saying_nothing_was_sent(fake_api, tmp_
     assert "interrupted (SIGTERM) before anything was sent" in prescan.output
     assert "Traceback" not in early.output + prescan.output
     assert server.stats()["requests"] == 0
+
+
+def catches_sigterm(pid: int) -> bool:
+    """Whether process ``pid`` has a handler for SIGTERM (its SigCgt mask in /proc)."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    caught = int(next(line for line in status.splitlines() if line.startswith("SigCgt:"))[7:], 16)
+    return bool(caught >> (signal.SIGTERM - 1) & 1)
 
 
 def in_doubt_after_resume(
