@@ -113,7 +113,9 @@ def write_state(folder: Path, state: ProducerState) -> str:
     make_private_dir(folder)
     name = f"state-{state.counts.chunks}{state_file.SUFFIX}"
     partial = folder / f"{name}.partial"
-    descriptor = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, PRIVATE_FILE)
+    # O_NOFOLLOW: a link planted under this name must not turn the write onto another file.
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW
+    descriptor = os.open(partial, flags, PRIVATE_FILE)
     with open(descriptor, "wb") as handle:
         handle.write(state_file.encode(state))
         handle.flush()

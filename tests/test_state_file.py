@@ -157,3 +157,15 @@ def test_a_bitmap_that_does_not_match_the_counts_is_refused(state) -> None:
         with pytest.raises(state_file.MalformedState, match="bitmap"):
             state_file.decode(state_file.encode(forged))
     assert state_file.decode(data) == state
+
+
+def test_a_link_planted_where_a_state_is_written_is_not_followed(state, tmp_path) -> None:
+    """A symbolic link in place of the partial file: the write fails, the target is untouched."""
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    folder = tmp_path / "states"
+    folder.mkdir()
+    (folder / f"state-{state.counts.chunks}.ozstate.partial").symlink_to(victim)
+    with pytest.raises(OSError):
+        write_state(folder, state)
+    assert victim.read_text() == "precious"
