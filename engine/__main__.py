@@ -2,6 +2,14 @@
 
 import sys
 
-from engine.cli import main
+from engine import interruption
+
+try:
+    # Before the command's imports: a SIGTERM during start-up exits 130 with a line, not 143.
+    interruption.install()
+    from engine.cli import main
+except KeyboardInterrupt as interrupt:
+    sys.stderr.write(f"ozbulk: {interruption.describe(interrupt)}\n")
+    sys.exit(130)
 
 sys.exit(main())

@@ -14,6 +14,24 @@ What is never done to a file ozbulk did not just create: write to it before it h
 through a read-only connection, and recognised as a healthy checkpoint of this very run. A file
 that is corrupt, of a newer schema, of another run, or in use by another process is refused as it
 is, byte for byte.
+
+A checkpoint that lost part of itself is refused too, because resuming from what is left would
+re-send chunks that were done and report their numbers as not found. Two things can be lost:
+
+- the ``-wal`` file, which holds every commit since SQLite last copied the log into the main
+  file. A run marks the main file itself "open for writing" (``writer_open`` in ``meta``, made
+  durable in the main file by a checkpoint of the log before the first request) and marks it
+  closed in its last commit, just before SQLite folds the log in and deletes it. SQLite deletes
+  a ``-wal`` only on such a clean close: a killed run leaves it behind, even when empty, and a
+  run whose last commit fails (a full disk) keeps it on purpose. So a main file that says
+  "open" with no ``-wal`` beside it has lost its log.
+- the main file's contents (a zero-byte or table-less file). Every run creates
+  ``CHECKPOINT.states/run.json`` once its schema is durable in the main file and before anything
+  is sent; a crash before that leaves nothing worth keeping, so an empty file is reused only
+  when that marker is absent. (A checkpoint that is missing altogether was removed on purpose:
+  a new run starts, and its leftovers are set aside.)
+
+Both refusals say what was lost and offer ``--restart``, which keeps the remains aside.
 """
 
 from __future__ import annotations
@@ -24,6 +42,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -35,6 +54,7 @@ from pyroaring import BitMap
 
 from engine.batcher import Reject
 from engine.errors import CheckpointError, CheckpointMismatch, CheckpointWriteError
+from engine.files import PRIVATE_FILE, make_private_dir, write_private_text
 from engine.redact import REDACTOR
 
 # Every text a row stores passes the redactor: a reason may quote a server that echoed a secret.
@@ -88,6 +108,11 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
 # here names it, committed with the rejects read before it.
 STATES_KEPT = 2
 STATES_SUFFIX = ".states"
+# In the states folder: written once a run's checkpoint is durable, before anything is sent.
+RUN_MARKER = "run.json"
+# The only names a producer_states row may give: a crafted row cannot point outside the folder.
+STATE_NAME = re.compile(r"state-[0-9]{1,18}\.ozstate")
+STATE_FILE = re.compile(r"state-([0-9]{1,18})\.ozstate(?:\.partial)?")
 
 
 def states_dir(path: Path) -> Path:
@@ -201,6 +226,7 @@ class Checkpoint:
                 try:
                     stored = inspected.identity()
                     version = inspected.schema_version()
+                    inspected._refuse_lost_wal()
                 finally:
                     inspected.close()
                 if stored != identity:
@@ -213,7 +239,10 @@ class Checkpoint:
                 fresh = False
             else:
                 # Absent, empty, or a SQLite file without a table: a crash before the first
-                # commit leaves exactly that, and there is nothing in it to keep.
+                # commit leaves exactly that, and there is nothing in it to keep, unless a run
+                # had got as far as marking the states folder.
+                if existed:
+                    _refuse_emptied(path)
                 version, fresh = SCHEMA_VERSION, True
             connection = _connect(path)
         except BaseException:
@@ -224,6 +253,8 @@ class Checkpoint:
         checkpoint = cls(path, connection, descriptor)
         try:
             checkpoint._prepare(identity, settings, fresh=fresh, version=version)
+            checkpoint._fold_log()
+            _mark_states_folder(path, identity)
         except BaseException:
             checkpoint.close()
             if created:
@@ -293,6 +324,37 @@ class Checkpoint:
             path=str(self.path),
         )
 
+    def _refuse_lost_wal(self) -> None:
+        """Refuse a main file that says a run had it open, when its ``-wal`` is gone."""
+        if Path(f"{self.path}-wal").exists() or not self.meta("writer_open", False):
+            return
+        raise CheckpointError(
+            f"{self.path} was left open by a run that did not finish cleanly, but its "
+            f"{self.path.name}-wal file, which holds that run's latest commits, is missing "
+            "(deleted, or not copied along). Resuming without it would send finished chunks "
+            "again and report their numbers as not found. Put the -wal file back beside it, "
+            "or start over with --restart (the old files are kept aside)",
+            path=str(self.path),
+        )
+
+    def _keep_log_on_close(self) -> sqlite3.Connection | None:
+        """The closing commit failed (a full disk): SQLite must not fold the log in and delete
+        it on close, or the main file, still marked open, would be taken for one whose -wal was
+        lost. Returns a connection to close after this one, when that is how it is done."""
+        setconfig = getattr(self._db, "setconfig", None)  # Python 3.12+
+        option = getattr(sqlite3, "SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE", None)
+        if setconfig is not None and option is not None:
+            with contextlib.suppress(sqlite3.Error):
+                setconfig(option, True)
+                return None
+        # Python 3.11: while a reader holds the log, the writer's close leaves it in place,
+        # and a read-only connection never folds it in.
+        with contextlib.suppress(sqlite3.Error):
+            reader = _open_read_only(self.path)
+            reader.execute("SELECT COUNT(*) FROM meta").fetchone()
+            return reader
+        return None
+
     def _prepare(
         self, identity: dict[str, Any], settings: dict[str, Any], *, fresh: bool, version: int
     ) -> None:
@@ -315,9 +377,32 @@ class Checkpoint:
                     )
                 else:
                     self._migrate(version)
-                self._set_meta(settings=REDACTOR.scrub_value(settings), updated_at=time.time())
+                self._set_meta(
+                    settings=REDACTOR.scrub_value(settings),
+                    updated_at=time.time(),
+                    writer_open=True,
+                )
 
         self._guard(write)
+
+    def _fold_log(self) -> None:
+        """Copy the log into the main file now, so that the main file alone holds the schema,
+        the identity and ``writer_open`` before anything is sent (see the module docstring).
+
+        A reader (``ozbulk status``) holding an old snapshot can hold the copy up: it is tried
+        a few times, then left to SQLite's own checkpoints (the states folder's marker still
+        guards the file).
+        """
+
+        def fold() -> None:
+            for _ in range(20):
+                busy = self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+                if not busy:
+                    return
+                time.sleep(0.01)
+            log.debug("%s: the log could not be folded in yet (a reader holds it)", self.path)
+
+        self._guard(fold)
 
     def _migrate(self, version: int) -> None:
         """Bring an older checkpoint up to SCHEMA_VERSION, inside the caller's transaction."""
@@ -336,8 +421,12 @@ class Checkpoint:
         *,
         input_counts: dict[str, Any] | None = None,
         producer_state: tuple[int, str] | None = None,
+        unsettled: dict[str, Any] | None = None,
     ) -> None:
         """Commit a batch of outcomes in one transaction: all of them survive a crash, or none.
+
+        ``unsettled`` is what the collector knows of the chunks sent but not recorded (see
+        :mod:`engine.collector`), stored with the outcomes it was computed against.
 
         ``producer_state`` is (next chunk id, file name in :func:`states_dir`): recorded with
         the rejects read before it, so a resume that starts from it has every earlier reject.
@@ -369,6 +458,8 @@ class Checkpoint:
                 )
                 if input_counts is not None:
                     self._set_meta(input=input_counts)
+                if unsettled is not None:
+                    self._set_meta(unsettled=unsettled)
                 if producer_state is not None:
                     self._db.execute(
                         "INSERT OR REPLACE INTO producer_states VALUES (?, ?)", producer_state
@@ -385,19 +476,38 @@ class Checkpoint:
         self._guard(write)
 
     def _prune_states(self) -> None:
-        kept = {row[0] for row in self._db.execute("SELECT file FROM producer_states")}
+        """Remove state files no longer recorded, but not those the producer wrote ahead.
+
+        The producer process writes a state before the collector hears of it: a file newer
+        than every recorded one is about to be recorded, not stale.
+        """
+        rows = list(self._db.execute("SELECT next_chunk, file FROM producer_states"))
+        kept = {file for _, file in rows}
+        newest = max((next_chunk for next_chunk, _ in rows), default=-1)
         with contextlib.suppress(OSError):
             for entry in states_dir(self.path).iterdir():
-                if entry.name not in kept:
-                    entry.unlink(missing_ok=True)
+                if entry.name in kept or entry.name == RUN_MARKER:
+                    continue
+                ahead = STATE_FILE.fullmatch(entry.name)
+                if ahead and int(ahead[1]) > newest:
+                    continue
+                entry.unlink(missing_ok=True)
 
-    def set_horizon(self, horizon: int) -> None:
+    def set_horizon(self, horizon: int, unsettled: dict[str, Any] | None = None) -> None:
         """Promise that every chunk at or past ``horizon`` is recorded or was never sent.
 
         A statement of its own, committed (and fsynced) before the chunks it covers are sent.
         See :mod:`engine.collector` for how the horizon and the in-doubt set work together.
         """
-        self._guard(lambda: self._set_meta(horizon=horizon, updated_at=time.time()))
+        values: dict[str, Any] = {"horizon": horizon, "updated_at": time.time()}
+        if unsettled is not None:
+            values["unsettled"] = unsettled
+
+        def write() -> None:
+            with self._transaction():
+                self._set_meta(**values)
+
+        self._guard(write)
 
     def settle(self, in_doubt: list[int]) -> None:
         """With nothing in flight: ``in_doubt`` is exactly what may have been sent unrecorded."""
@@ -456,7 +566,12 @@ class Checkpoint:
             "ORDER BY next_chunk DESC LIMIT 1",
             (before,),
         ).fetchone()
-        return None if row is None else states_dir(self.path) / row[0]
+        if row is None:
+            return None
+        if not isinstance(row[0], str) or not STATE_NAME.fullmatch(row[0]):
+            log.warning("%s: ignoring a producer state named %r", self.path, row[0])
+            return None
+        return states_dir(self.path) / row[0]
 
     def sums(self) -> dict[str, int]:
         """Totals over finished chunks; each chunk is one row, so none is counted twice."""
@@ -487,7 +602,17 @@ class Checkpoint:
         )
 
     def close(self) -> None:
+        holder = None
+        if self._lock_descriptor is not None:
+            # The last commit: a clean close. SQLite then folds the log in and deletes it.
+            try:
+                with self._transaction():
+                    self._set_meta(writer_open=False)
+            except sqlite3.Error:
+                holder = self._keep_log_on_close()
         self._db.close()
+        if holder is not None:
+            holder.close()
         # Only after SQLite has let go: closing any descriptor of the file drops every POSIX
         # lock this process holds on it, SQLite's own included.
         if self._lock_descriptor is not None:
@@ -521,7 +646,8 @@ class _Transaction:
 
 
 def move_aside(path: Path) -> Path:
-    """Rename ``path`` and its companions to ``<name>.<time>.old`` (a fresh name, never reused).
+    """Rename ``path``, its companions and its states folder to ``<name>.<time>.old`` (a fresh
+    name, never reused).
 
     The WAL moves first: if this is interrupted halfway, the main file left in place still opens
     (missing at most its last commits), rather than a WAL left behind without its database.
@@ -547,17 +673,58 @@ def _fresh_name(path: Path, ending: str) -> Path:
     raise CheckpointError(f"too many set-aside copies of {path}; clean some up", path=str(path))
 
 
+def _mark_states_folder(path: Path, identity: dict[str, Any]) -> None:
+    """Leave the evidence that a run began in this checkpoint (see the module docstring)."""
+    folder = states_dir(path)
+    marker = folder / RUN_MARKER
+    if marker.exists():
+        return
+    try:
+        make_private_dir(folder)
+        write_private_text(marker, json.dumps({"fingerprint": fingerprint(identity)}) + "\n")
+        descriptor = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(descriptor)  # the marker must outlive a power cut that follows a send
+        finally:
+            os.close(descriptor)
+    except OSError as error:
+        raise CheckpointWriteError(
+            f"cannot create {marker}: {error.strerror}; make the checkpoint's folder writable "
+            "or choose another --checkpoint (nothing was sent)",
+            path=str(path),
+        ) from None
+
+
+def _refuse_emptied(path: Path) -> None:
+    """An empty checkpoint whose states folder says a run began in it lost its contents."""
+    if not (states_dir(path) / RUN_MARKER).exists():
+        return
+    size = path.stat().st_size
+    what = "is empty (0 bytes)" if size == 0 else f"holds no checkpoint tables ({size} bytes)"
+    raise CheckpointError(
+        f"{path} {what}, but {states_dir(path).name}/{RUN_MARKER} shows that a run already "
+        "used it: its contents were lost (truncated, overwritten, or copied without them). "
+        "Starting in it would send finished chunks again and report their numbers as not "
+        "found. Restore the file, or start over with --restart (the old files are kept aside)",
+        path=str(path),
+    )
+
+
 def _set_orphans_aside(path: Path) -> None:
-    """A WAL without its database must not be replayed into a new one: keep it, renamed."""
-    orphans = [Path(f"{path}{suffix}") for suffix in COMPANIONS if Path(f"{path}{suffix}").exists()]
+    """A WAL without its database must not be replayed into a new one, nor an old run's states
+    folder taken for the new run's: keep them, renamed."""
+    suffixes = (*COMPANIONS, STATES_SUFFIX)
+    orphans = [Path(f"{path}{suffix}") for suffix in suffixes if Path(f"{path}{suffix}").exists()]
     if not orphans:
         return
     target = _fresh_name(path, ".orphan")
     for orphan in orphans:
         orphan.rename(Path(f"{target}{orphan.name[len(path.name) :]}"))
     log.warning(
-        "%s was missing but its SQLite companion files were not; they were moved to %s-*",
+        "%s was missing but files of an earlier run beside it were not (%s); they were moved "
+        "to %s*",
         path,
+        ", ".join(orphan.name for orphan in orphans),
         target,
     )
 
@@ -565,7 +732,8 @@ def _set_orphans_aside(path: Path) -> None:
 def _lock(path: Path) -> int:
     """Open (creating if need be) and exclusively lock ``path``; return the descriptor."""
     try:
-        descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        # Owner-only: it holds phone numbers. SQLite gives -wal and -shm the same mode.
+        descriptor = os.open(path, os.O_RDWR | os.O_CREAT, PRIVATE_FILE)
     except OSError as error:
         raise CheckpointWriteError(
             f"cannot create or write the checkpoint {path}: {error.strerror}; make its folder "
@@ -599,7 +767,7 @@ def _connect(path: Path) -> sqlite3.Connection:
 
 def _has_tables(path: Path) -> bool:
     """False for a file a crash left before its first commit: SQLite reads it as empty."""
-    if path.stat().st_size == 0:
+    if path.stat().st_size == 0 and not Path(f"{path}-wal").exists():
         return False
     try:
         connection = _open_read_only(path)

@@ -20,19 +20,21 @@ from typing import Any, NoReturn
 
 import anyio
 
+from engine import interruption
 from engine import settings as defaults
 from engine.config import config_path, layer_defaults
-from engine.errors import OzbulkError, UsageError
+from engine.errors import InputFailedMidRun, OzbulkError, UsageError
+from engine.files import check_output_paths, prepare_log_file, write_private_text
 from engine.logs import REDACTOR, setup_logging
 from engine.numbers import Normalizer
-from engine.pipeline import RunOutcome, delete, display_settings, open_checkpoint
+from engine.pipeline import RunOutcome, delete, display_settings, no_number_error, open_checkpoint
 from engine.plan import Plan, make_plan, write_rejects
 from engine.progress import BarDisplay, LogDisplay, StoryOnly
 from engine.rates import parse_rate
 from engine.redact import RedactingStream
-from engine.report import render_summary
+from engine.report import default_report_dir, render_summary
 from engine.settings import InputSettings, RunSettings, Secret
-from engine.source import CsvSource
+from engine.source import CsvSource, check_input_path
 from engine.status import show_status, write_report_for
 
 log = logging.getLogger("engine")
@@ -42,8 +44,10 @@ exit codes:
   0    complete: every number has a verdict
   1    finished, but some chunks failed after all retries (re-run to retry them)
   2    bad usage, settings, input or checkpoint (nothing was sent)
-  3    stopped by an answer no retry can fix (bad credentials, invalid group id), or because
-       none of the first 2,000 numbers sent was in the group (see --allow-not-found); resumable
+  3    stopped part-way by an answer no retry can fix (bad credentials, invalid group id),
+       because none of the first 2,000 numbers sent was in the group (see --allow-not-found),
+       because no API answered at --base-url, or by input unreadable past some point; what was
+       sent is recorded; resumable
   4    the checkpoint could not be written (disk full, read-only); resumable once fixed
   70   internal error: a bug in ozbulk (run again with -v for the traceback, and report it)
   130  interrupted (Ctrl-C or SIGTERM); re-run the same command to resume
@@ -51,9 +55,12 @@ exit codes:
 
 DELETE_EXAMPLES = """\
 examples:
-  first run (API key from the environment, 5 requests/s):
+  first run (API key from the environment; the pace learns the server's limit):
     export OZONETEL_API_KEY=...        # or --api-key-file ~/.ozonetel-key
-    ozbulk delete numbers.csv --group-id 42 --user acme --rate 5
+    ozbulk delete numbers.csv --group-id 42 --user acme
+
+  never more than 300 requests a minute (the units API documents use: 5/s, 300/min, 18000/h):
+    ozbulk delete numbers.csv --group-id 42 --user acme --rate 300/min
 
   resume after Ctrl-C, kill -9 or a crash: run the very same command again.
 
@@ -468,14 +475,9 @@ def _expand(inputs: list[str]) -> tuple[str, ...]:
                 raise UsageError(f"{item}: no file matches this pattern")
             paths.extend(matches)
         else:
-            if item != "-" and os.path.isdir(item):
-                raise UsageError(
-                    f"{item}: is a folder, not a CSV file; give the files in it, e.g. "
-                    f"{shlex.quote(os.path.join(item, '*.csv'))}"
-                )
-            if item != "-" and not os.path.isfile(item):
-                raise UsageError(f"{item}: no such file")
             paths.append(item)
+    for path in paths:
+        check_input_path(path)  # a folder, a device, a pipe or a link loop: say which
     return tuple(paths)
 
 
@@ -584,7 +586,8 @@ def _gist(reason: str) -> str:
 
 def resume_hint(outcome: RunOutcome, argv: list[str] | None) -> str | None:
     # A bad input fails the same way on every re-run: resuming is not the advice then.
-    if outcome.exit_code == 0 or argv is None or isinstance(outcome.error, UsageError):
+    final = UsageError | InputFailedMidRun  # their message says what to do
+    if outcome.exit_code == 0 or argv is None or isinstance(outcome.error, final):
         return None
     if "-" in argv:
         return "standard input was read once and cannot be resumed: save it to a file first"
@@ -635,6 +638,7 @@ def cmd_delete(args: argparse.Namespace, argv: list[str], sources: dict[str, str
     if settings.inputs.from_stdin:
         log.warning("reading standard input: this run cannot be resumed if interrupted")
     _check_inputs(settings)
+    _check_outputs(settings, dry_run=args.dry_run)
     if args.dry_run:
         return _dry_run(settings, as_json=as_json)
     settings.require_api_key()
@@ -655,21 +659,10 @@ def cmd_delete(args: argparse.Namespace, argv: list[str], sources: dict[str, str
     _confirm(args.yes)
     checkpoint = open_checkpoint(settings, restart=args.restart)
     progress = _progress(args, plan)
+    interruption.sending_begins(settings.checkpoint)
     outcome = anyio.run(
         lambda: delete(settings, checkpoint=checkpoint, progress=progress, handle_signals=True)
     )
-    if (
-        outcome.exit_code == 0
-        and not outcome.summary.get("accepted")
-        and outcome.summary.get("complete")
-    ):
-        # A run that had nothing to send did not do its job: say so, never "complete".
-        outcome = RunOutcome(outcome.summary, 2, UsageError(
-            "nothing was sent: the input holds no phone number; the report's rejected.csv says "
-            "why each row was refused"
-        ))  # fmt: skip
-        outcome.summary["exit_code"] = 2
-        outcome.summary["stopped_by"] = str(outcome.error)
     _write_summary_json(settings.summary_json, outcome.summary)
     to_stdout = settings.summary_json is not None and str(settings.summary_json) == "-"
     if as_json:
@@ -705,7 +698,7 @@ def _write_summary_json(path: Path | None, summary: dict[str, Any]) -> None:
         sys.stdout.write(text)
         sys.stdout.flush()
     else:
-        path.write_text(text)
+        write_private_text(path, text)  # owner-only: it names the run's files
 
 
 def _check_inputs(settings: RunSettings) -> None:
@@ -761,10 +754,24 @@ class _source_logs_once:
         logging.getLogger("engine.batcher").setLevel(logging.NOTSET)
 
 
+def _check_outputs(settings: RunSettings, *, dry_run: bool) -> None:
+    """Every file and folder the run will write, checked before anything is sent."""
+    summary = settings.summary_json
+    files = [] if summary is None or str(summary) == "-" else [("--summary-json", summary)]
+    folders = [] if settings.report_dir is None else [("--report-dir", settings.report_dir)]
+    if settings.report_dir is None and settings.checkpoint.parent.is_dir():
+        # Beside the checkpoint: a checkpoint folder that is unusable is refused on its own.
+        report = _dry_run_dir(settings) if dry_run else default_report_dir(settings.checkpoint)
+        folders.append(("the report folder (choose one with --report-dir)", report))
+    check_output_paths(files, folders)
+
+
+def _dry_run_dir(settings: RunSettings) -> Path:
+    return settings.checkpoint.with_name(settings.checkpoint.name + ".dry-run")
+
+
 def _dry_run(settings: RunSettings, *, as_json: bool = False) -> int:
-    out = settings.report_dir or settings.checkpoint.with_name(
-        settings.checkpoint.name + ".dry-run"
-    )
+    out = settings.report_dir or _dry_run_dir(settings)
     counts = write_rejects(settings, out)
     plan = Plan(settings, counts, True, None, None)
     if as_json:
@@ -777,6 +784,8 @@ def _dry_run(settings: RunSettings, *, as_json: bool = False) -> int:
     totals = {key: getattr(counts, key) for key in ("rows", "accepted", "rejected",
                                                       "duplicates", "chunks")}  # fmt: skip
     _write_summary_json(settings.summary_json, {**totals, "dry_run": True})
+    if counts.accepted == 0:
+        raise no_number_error(counts, str(out / "rejected.csv"))
     return 0
 
 
@@ -839,6 +848,7 @@ def _dispatch(args: argparse.Namespace, argv: list[str], sources: dict[str, str]
 
 
 def main(argv: list[str] | None = None) -> int:
+    interruption.install()
     # Everything printed passes the one redactor too, whatever code printed it.
     streams = sys.stdout, sys.stderr
     sys.stdout, sys.stderr = RedactingStream(sys.stdout), RedactingStream(sys.stderr)
@@ -859,6 +869,8 @@ def _main(argv: list[str] | None = None) -> int:
             layered = LAYERED[0] if argv[0] == "delete" else LAYERED[1]
             sources = layer_defaults(layered, argv, file=config_path(argv))
         args = parser.parse_args(argv)
+        if args.log_file is not None:
+            prepare_log_file(args.log_file)  # owner-only, and refused now if unwritable
         setup_logging(verbose=args.verbose, quiet=args.quiet, log_file=args.log_file,
                       fmt=args.log_format)  # fmt: skip
         _tell_the_story(args.verbose)
@@ -873,8 +885,8 @@ def _main(argv: list[str] | None = None) -> int:
         print(f"ozbulk: error: {REDACTOR.scrub(str(error))}", file=sys.stderr)
         story.error("ozbulk: error: %s; exit %d", error, error.exit_code)
         return error.exit_code
-    except KeyboardInterrupt:
-        print("ozbulk: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as interrupt:
+        print(f"ozbulk: {interruption.describe(interrupt)}", file=sys.stderr)
         return 130
     except Exception as error:  # an internal bug: say so plainly, trace it only on request
         if verbose:

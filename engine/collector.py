@@ -14,12 +14,20 @@ found, and the report lists the chunk in in_doubt.csv instead of calling anythin
 
 Which chunks those are is kept in two forms:
 
-- the *horizon*, for a pass that dies: every chunk at or past it is recorded or was never sent.
-  It moves ahead in steps, committed before the chunks it covers leave the producer, so after a
-  ``kill -9`` every unrecorded chunk below it is in doubt (a few more than were really in flight).
-- the exact set, for a pass that ends in order (complete, or drained after Ctrl-C): once every
-  worker has stopped, the chunks sent without a recorded verdict are known exactly. They are
-  stored, and the horizon drops to 0, so that a resume after a graceful stop marks only those.
+- the *horizon* and the *unsettled* record, for a pass that dies. Every chunk at or past the
+  horizon is recorded or was never sent: it moves ahead in steps, committed before the chunks it
+  covers leave the producer. Each commit (and each move of the horizon) also stores which chunks
+  were handed to the workers and not yet recorded (``pending``) and the highest id handed over
+  (``dispatched_to``). Chunks are handed over in increasing id order, so after a ``kill -9`` the
+  chunks that may have been sent without a record are ``pending`` plus the ids between
+  ``dispatched_to`` and the horizon: those in flight or queued at the last commit and at most
+  one step beyond, not everything unrecorded below the horizon.
+- the exact set, for a pass that ends in order (complete, drained after Ctrl-C, or cancelled
+  and stopped): once every worker has stopped, the chunks sent without a recorded verdict are
+  known exactly. They are stored, and the horizon drops to 0.
+
+A pass begins by turning what a dead pass left into the exact set (and the horizon to 0), so
+the horizon and the unsettled record always describe the current pass alone.
 """
 
 from __future__ import annotations
@@ -117,7 +125,6 @@ class Collector:
         *,
         stats: LiveStats,
         counters: dict[str, Any],
-        in_doubt_below: int,
         breaker: CircuitBreaker,
         guard: NotFoundGuard | None = None,
         write: Any,
@@ -129,21 +136,22 @@ class Collector:
         self.stats = stats
         self.totals = Totals()
         self._counters_before = dict(counters)
-        self._in_doubt_below = in_doubt_below
         self._breaker = breaker
         self.guard = guard
         self._write = write
         self._interval = commit_interval
         self._horizon_step = horizon_step
         self._server_limit = server_limit
-        self._horizon = checkpoint.meta("horizon", 0)
         # Chunks recorded as failed by an earlier pass: resending one replaces its old outcome.
         self._failed_before = checkpoint.ids(FAILED)
         self._failed_in_doubt = checkpoint.ids(FAILED, in_doubt=True)
-        # In doubt as of the last pass that ended in order (see the module's docstring).
-        self._in_doubt_settled = BitMap(checkpoint.meta("in_doubt", []) or [])
-        # This pass: chunks handed to the workers, reported sent (if the workers say), finished.
+        # In doubt from every earlier pass (see the module's docstring).
+        self._in_doubt_settled = self._settle_earlier_passes()
+        self._horizon = 0
+        # This pass: chunks handed to the workers, reported sent (if the workers say), finished;
+        # and handed over but not yet committed.
         self._dispatched = BitMap()
+        self._uncommitted = BitMap()
         self._sent = BitMap()
         self._sent_reported = False
         self._settled = False
@@ -157,6 +165,22 @@ class Collector:
         # tell how many chunks remain. A complete reading, once stored, is final.
         self.input_counts: InputCounts | None = None
         self._input_stored: dict[str, Any] = checkpoint.meta("input") or {}
+
+    def _settle_earlier_passes(self) -> BitMap:
+        """What earlier passes may have sent without a record, stored as the exact set."""
+        checkpoint = self.checkpoint
+        settled = BitMap(checkpoint.meta("in_doubt", []) or [])
+        horizon = checkpoint.meta("horizon", 0)
+        if not horizon:
+            return settled  # the last pass ended in order
+        settled |= left_by_a_dead_pass(horizon, checkpoint.meta("unsettled"))
+        settled -= checkpoint.ids(DONE)
+        checkpoint.settle(list(settled))
+        return settled
+
+    def _unsettled(self, pending: BitMap) -> dict[str, Any]:
+        dispatched_to = self._dispatched.max() if self._dispatched else -1
+        return {"pending": list(pending), "dispatched_to": dispatched_to, "horizon": self._horizon}
 
     def load_totals(self) -> None:
         sums = self.checkpoint.sums()
@@ -184,16 +208,13 @@ class Collector:
         The horizon is committed before the chunk leaves, so a crash an instant later still
         finds it covered.
         """
-        if (
-            chunk.id < self._in_doubt_below
-            or chunk.id in self._in_doubt_settled
-            or chunk.id in self._failed_before
-        ):
+        if chunk.id in self._in_doubt_settled or chunk.id in self._failed_before:
             chunk.in_doubt = True
         self._dispatched.add(chunk.id)
+        self._uncommitted.add(chunk.id)
         if self._needs_horizon(chunk):
             self._horizon = chunk.id + self._horizon_step
-            self.checkpoint.set_horizon(self._horizon)
+            self.checkpoint.set_horizon(self._horizon, self._unsettled(self._uncommitted))
 
     def _needs_horizon(self, chunk: Chunk) -> bool:
         return chunk.id >= self._horizon and not self._settled
@@ -248,15 +269,19 @@ class Collector:
             records, rejects, state = self._records, self._rejects, self._producer_state
             self._records, self._rejects, self._producer_state = [], [], None
             counters, input_counts = self.counters(), self._input_update()
+            committed = BitMap(record.id for record in records)
+            unsettled = self._unsettled(self._uncommitted - committed)
             try:
                 await anyio.to_thread.run_sync(
                     partial(self.checkpoint.record, records, rejects, counters,
-                            input_counts=input_counts, producer_state=state)
+                            input_counts=input_counts, producer_state=state,
+                            unsettled=unsettled)
                 )  # fmt: skip
             except BaseException:
                 self._records[:0], self._rejects[:0] = records, rejects  # not committed: keep
                 self._producer_state = self._producer_state or state
                 raise
+            self._uncommitted -= committed
 
     def settle(self) -> None:
         """Commit, then store the exact set of chunks in doubt and drop the horizon to 0.
@@ -267,7 +292,7 @@ class Collector:
         self.commit()
         checkpoint = self.checkpoint
         sent = self._sent if self._sent_reported else self._dispatched
-        maybe_sent = self._in_doubt_settled | sent | BitMap(range(self._in_doubt_below))
+        maybe_sent = self._in_doubt_settled | sent
         in_doubt = maybe_sent - checkpoint.ids(DONE) - checkpoint.ids(FAILED)
         checkpoint.settle(list(in_doubt))
         self._settled = True
@@ -345,11 +370,14 @@ class Collector:
 
     def commit(self) -> None:
         """One transaction for everything merged since the last commit."""
+        committed = BitMap(record.id for record in self._records)
         self.checkpoint.record(
             self._records, self._rejects, self.counters(), input_counts=self._input_update(),
             producer_state=self._producer_state,
+            unsettled=self._unsettled(self._uncommitted - committed),
         )  # fmt: skip
         self._records, self._rejects, self._producer_state = [], [], None
+        self._uncommitted -= committed
 
     def _input_update(self) -> dict[str, Any] | None:
         """What the input holds, if it says more than the checkpoint already knows."""
@@ -371,6 +399,29 @@ class Collector:
     def pending(self) -> int:
         return len(self._records)
 
+    @property
+    def dispatched(self) -> int:
+        """Chunks handed to the workers in this pass: none means nothing was sent."""
+        return len(self._dispatched)
+
 
 def _learned(limit: Limit | None) -> dict[str, Any] | None:
     return None if limit is None or limit.learned_at is None else limit.to_json()
+
+
+def left_by_a_dead_pass(horizon: int, unsettled: Any) -> BitMap:
+    """The chunks a pass that died with ``horizon`` up may have sent without a record.
+
+    ``unsettled`` is that pass's last record of them (see the module's docstring). Without one
+    that goes with this horizon (a checkpoint of an older ozbulk), every chunk below it.
+    """
+    if (
+        isinstance(unsettled, dict)
+        and unsettled.get("horizon") == horizon
+        and isinstance(unsettled.get("dispatched_to"), int)
+        and isinstance(unsettled.get("pending"), list)
+        and all(isinstance(chunk, int) and chunk >= 0 for chunk in unsettled["pending"])
+    ):
+        beyond = range(max(unsettled["dispatched_to"] + 1, 0), horizon)
+        return BitMap(unsettled["pending"]) | BitMap(beyond)
+    return BitMap(range(horizon))

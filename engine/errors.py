@@ -8,6 +8,7 @@
     ├── CheckpointError                2  the checkpoint is unreadable or of another run
     │   └── CheckpointMismatch         2  use --restart or another --checkpoint
     ├── CheckpointWriteError           4  free the disk / fix permissions, then resume
+    ├── InputFailedMidRun              3  the input became unreadable after sending began
     ├── ApiError                          one answer of the API (chunk_id, http_status)
     │   ├── RetryableApiError             retried with backoff; the chunk fails when out
     │   │   ├── TransportError            connection refused/reset, timeout, DNS
@@ -79,6 +80,20 @@ class CheckpointWriteError(OzbulkError):
     def __init__(self, message: str, *, path: str) -> None:
         super().__init__(message)
         self.path = path
+
+
+class InputFailedMidRun(OzbulkError):
+    """An input that turned out unreadable part-way (a truncated ``.gz``) after chunks were sent.
+
+    Not a usage error (exit 2 promises that nothing was sent): the run stopped part-way, like a
+    fatal answer, and what was sent is recorded. ``cause`` is the :class:`InputError` itself.
+    """
+
+    exit_code = 3
+
+    def __init__(self, message: str, *, cause: InputError) -> None:
+        super().__init__(message)
+        self.cause = cause
 
 
 class ApiError(OzbulkError):

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import signal
+import sqlite3
 import time
 import uuid
 from collections.abc import Callable
@@ -37,7 +38,7 @@ from engine.checkpoint import (
 )
 from engine.client import OzonetelClient
 from engine.collector import CircuitBreaker, Collector
-from engine.errors import CheckpointWriteError, OzbulkError
+from engine.errors import CheckpointWriteError, InputError, InputFailedMidRun, OzbulkError
 from engine.guard import COUNTER_KEY as GUARD_KEY
 from engine.guard import FirstContact, NotFoundGuard
 from engine.limits import Limit, describe_limit
@@ -146,15 +147,11 @@ class Run:
             checkpoint,
             stats=self.stats,
             counters=counters,
-            in_doubt_below=checkpoint.meta("horizon", 0),
             breaker=CircuitBreaker(settings.breaker_window, settings.breaker_ratio),
             guard=self.guard,
             write=self.write,
             commit_interval=settings.commit_interval,
-            # Each step is one committed write; larger steps mark more chunks in doubt after a
-            # kill -9 (never fewer than were really in flight), so a step is a few hundred ms of
-            # requests at high rates.
-            horizon_step=max(256, 16 * settings.concurrency),
+            horizon_step=horizon_step(settings.concurrency),
             server_limit=lambda: self.pacer.limit,
         )
         self.collector.load_totals()
@@ -162,6 +159,11 @@ class Run:
         self.collector.input_counts = self.source.counts  # stored for `ozbulk status`
         self.stopping = anyio.Event()
         self.started = time.monotonic()
+        # Results merged but never committed (the checkpoint stopped taking writes): they are
+        # not counted in the summary, and a resume sends their chunks again, in doubt.
+        self.unrecorded_chunks = 0
+        # An input that failed after chunks were sent: the run drains, then stops with it.
+        self.input_error: InputError | None = None
 
     def _chunk_source(self) -> ProducerProcess | ProducerInProcess:
         """The producer runs in a child process (the second core) unless it reads stdin."""
@@ -211,14 +213,21 @@ class Run:
     async def produce(self, chunks: Any) -> None:
         # aclosing: a stop ends the producer (and kills its process) now, not at garbage time.
         async with chunks, contextlib.aclosing(self.source.chunks()) as source:
-            async for chunk in source:
-                if self.stopping.is_set():
-                    return
-                await self.collector.dispatch(chunk)
-                try:
-                    await streams.send(chunks, chunk)
-                except anyio.BrokenResourceError:
-                    return  # every worker has stopped (a graceful stop): nothing to feed
+            try:
+                async for chunk in source:
+                    if self.stopping.is_set():
+                        return
+                    await self.collector.dispatch(chunk)
+                    try:
+                        await streams.send(chunks, chunk)
+                    except anyio.BrokenResourceError:
+                        return  # every worker has stopped (a graceful stop): nothing to feed
+            except InputError as error:
+                if not self.collector.dispatched:
+                    raise  # nothing was sent: a plain bad input (exit 2)
+                # Part-way: stop as after Ctrl-C, so the requests in flight finish and count.
+                self.input_error = error
+                self.stopping.set()
 
     async def execute(self, stop: StopControl | None, progress: Any | None) -> OzbulkError | None:
         settings = self.settings
@@ -271,10 +280,40 @@ class Run:
             except OzbulkError as single:
                 error = single
         try:
-            self.collector.commit()
+            # Every task has ended: no request is in flight, so what is in doubt is exact.
+            self.collector.settle()
         except CheckpointWriteError as write_error:
             error = error or write_error
+        if isinstance(error, CheckpointWriteError):
+            self._count_only_what_was_committed()
+        if error is None and self.input_error is not None:
+            error = self._input_failed_mid_run(self.input_error)
+        if error is None and self._input_held_no_number(stop):
+            error = no_number_error(self.counts, "rejected.csv in the report")
         return error
+
+    def _count_only_what_was_committed(self) -> None:
+        """After a failed write, the summary tells what the checkpoint holds, not what was
+        merged in memory: a resume goes by the checkpoint."""
+        self.unrecorded_chunks = self.collector.pending
+        with contextlib.suppress(sqlite3.Error):
+            self.collector.load_totals()
+
+    def _input_failed_mid_run(self, error: InputError) -> InputFailedMidRun:
+        totals = self.collector.totals
+        return InputFailedMidRun(
+            f"stopped on bad input after sending {totals.numbers_finished_this_pass:,} numbers "
+            f"in this pass ({totals.deleted:,} numbers deleted in all, recorded in the "
+            f"checkpoint): {error}. Nothing past that point was sent. Re-running the same "
+            "command resumes without sending a finished chunk again, and stops at the same "
+            "place; a repaired copy of the file is a new input (--restart, or another "
+            "--checkpoint)",
+            cause=error,
+        )
+
+    def _input_held_no_number(self, stop: StopControl | None) -> bool:
+        counts = self.counts
+        return counts.finished and counts.accepted == 0 and not (stop and stop.requests)
 
     def _on_stop(self, stop: StopControl, scope: anyio.CancelScope) -> None:
         self.stopping.set()
@@ -306,6 +345,7 @@ class Run:
             "failed_numbers": totals.failed_numbers,
             "in_doubt_chunks": totals.in_doubt_chunks,
             "probably_deleted_earlier": totals.probably_deleted_earlier,
+            "unrecorded_chunks": self.unrecorded_chunks,
             "requests": counters["requests"],
             "retries": counters["retries"],
             "rate_limited": counters["rate_limited"],
@@ -318,6 +358,28 @@ class Run:
             "checkpoint": str(self.checkpoint.path),
             "fingerprint": fingerprint(self.checkpoint.identity()),
         }
+
+
+def no_number_error(counts: InputCounts, rejected_csv: str) -> InputError:
+    """The error for an input read to its end without one number to send."""
+    if counts.rows == 0:
+        return InputError("the input holds no data rows: nothing to delete")
+    return InputError(
+        f"the input holds no phone number to send: {counts.rows:,} rows read, "
+        f"{counts.rejected:,} rejected, {counts.duplicates:,} duplicates; {rejected_csv} says "
+        "why each row was rejected (a wrong --column or --country?)"
+    )
+
+
+def horizon_step(concurrency: int) -> int:
+    """Chunks one move of the horizon covers (see :mod:`engine.collector`).
+
+    Each move is one committed write on the producer's path, so the step must outlast an fsync
+    at full speed; after a ``kill -9`` at most a step of chunks never sent is marked in doubt,
+    beyond what was in flight or queued. Twice the queue between producer and workers (itself
+    twice the concurrency) keeps the workers fed while a move commits.
+    """
+    return max(32, 4 * concurrency)
 
 
 def _first_ozbulk_error(group: BaseExceptionGroup[Any]) -> OzbulkError | None:

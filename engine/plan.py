@@ -7,7 +7,6 @@ which.
 
 from __future__ import annotations
 
-import csv
 import gzip
 import math
 import os
@@ -19,9 +18,11 @@ from typing import Any
 from engine.batcher import InputCounts, Producer, Reject
 from engine.checkpoint import Checkpoint, _explain_difference
 from engine.errors import CheckpointError, CheckpointMismatch
+from engine.files import make_private_dir, open_private
 from engine.limits import Limit
 from engine.numbers import Normalizer
 from engine.progress import Expected
+from engine.report import SafeCsvWriter
 from engine.settings import RunSettings
 
 # Reading this much twice costs a few seconds at most; bigger inputs get an estimate.
@@ -274,10 +275,10 @@ def run_identity_of(settings: RunSettings) -> dict[str, Any]:
 
 def write_rejects(settings: RunSettings, out: Path) -> InputCounts:
     """The dry run: read everything, write rejected.csv, send nothing."""
-    out.mkdir(parents=True, exist_ok=True)
+    make_private_dir(out)
     names = settings.inputs.paths
-    with (out / "rejected.csv").open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
+    with open_private(out / "rejected.csv") as handle:
+        writer = SafeCsvWriter(handle)  # owner-only, and no cell runs as a formula
         writer.writerow(["file", "line", "raw", "reason"])
 
         def on_reject(reject: Reject) -> None:

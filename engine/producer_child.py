@@ -41,8 +41,10 @@ from typing import Any, BinaryIO
 import orjson
 from pyroaring import BitMap
 
+from engine import state_file
 from engine.batcher import InputCounts, Producer, ProducerState
 from engine.errors import InputError
+from engine.files import PRIVATE_FILE, make_private_dir
 from engine.numbers import Normalizer, formatter
 from engine.settings import STATE_EVERY_ROWS, InputSettings
 
@@ -105,12 +107,19 @@ class Job:
 
 
 def write_state(folder: Path, state: ProducerState) -> str:
-    """Write ``state`` durably into ``folder`` (a new file, then renamed); its file name."""
-    folder.mkdir(exist_ok=True)
-    name = f"state-{state.counts.chunks}.pickle"
+    """Write ``state`` durably into ``folder`` (a new file, then renamed); its file name.
+
+    The folder and the file are the owner's alone: the state holds phone numbers. The format is
+    data only (:mod:`engine.state_file`), so a file planted in the folder cannot run code.
+    """
+    make_private_dir(folder)
+    name = f"state-{state.counts.chunks}{state_file.SUFFIX}"
     partial = folder / f"{name}.partial"
-    with open(partial, "wb") as handle:
-        pickle.dump(state, handle, protocol=pickle.HIGHEST_PROTOCOL)  # the bitmap is not copied
+    # O_NOFOLLOW: a link planted under this name must not turn the write onto another file.
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW
+    descriptor = os.open(partial, flags, PRIVATE_FILE)
+    with open(descriptor, "wb") as handle:
+        handle.write(state_file.encode(state))
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(partial, folder / name)
@@ -123,18 +132,19 @@ def write_state(folder: Path, state: ProducerState) -> str:
 
 
 def load_state(path: Path) -> ProducerState | None:
-    """The state stored in ``path``, or None (said in the log) if it cannot be read."""
+    """The state stored in ``path``, or None (said in the log) if it is not one to trust.
+
+    Damaged, crafted, of an older format (a pickle) or missing: each means reading the input
+    from its start, which costs time and nothing else.
+    """
     try:
         with open(path, "rb") as handle:
-            state = pickle.load(handle)
-    except (OSError, EOFError, pickle.UnpicklingError, AttributeError, ValueError) as error:
-        log.warning("%s: cannot read this producer state (%s); reading the input from its start",
-                    path, error)  # fmt: skip
+            return state_file.decode(handle.read())
+    except (OSError, state_file.MalformedState) as error:
+        reason = error.strerror if isinstance(error, OSError) else str(error)
+        log.warning("%s: cannot use this producer state (%s); reading the input from its start",
+                    path, reason)  # fmt: skip
         return None
-    if not isinstance(state, ProducerState):
-        log.warning("%s is no producer state; reading the input from its start", path)
-        return None
-    return state
 
 
 def produce(job: Job, frames: FrameWriter) -> None:

@@ -14,9 +14,18 @@
                       with how many of them were not found, since the API does not say which
 
 Each file is written beside its final name and renamed into place, so a report folder never
-holds half a file, even when the run writing it is killed. Every cell and value passes the
-redactor on its way out (the checkpoint's rows already did; this is the backstop for a checkpoint
-written before a secret was known to be one).
+holds half a file, even when the run writing it is killed. The folder and its files are the
+owner's alone: they hold phone numbers. Every cell and value passes the redactor on its way out
+(the checkpoint's rows already did; this is the backstop for a checkpoint written before a
+secret was known to be one).
+
+The CSV files are meant for a spreadsheet, and a spreadsheet runs a cell that begins with
+``=``, ``+``, ``-`` or ``@`` (or a tab or carriage return before one) as a formula: a rejected
+row ``=HYPERLINK("http://evil", "click")``, or a server's error message, must not become a live
+link or a command. Such a text cell is written with a leading apostrophe, which spreadsheets
+read as "this is text" (:func:`spreadsheet_safe`). A cell that is a plain number, with at most a
+sign, is left as it is: ``+919876543210`` and ``-5`` are read as numbers, never as formulas, and
+a phone number stays readable and searchable exactly as the input had it.
 """
 
 from __future__ import annotations
@@ -24,13 +33,19 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 from engine.checkpoint import Checkpoint, fingerprint
+from engine.files import make_private_dir, open_private
 from engine.limits import describe_limit
 from engine.redact import REDACTOR
+
+# What a spreadsheet may run as a formula, and what it reads as a plain number instead.
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+_PLAIN_NUMBER = re.compile(r"[+-]?[0-9]+(?:\.[0-9]+)?")
 
 REPORT_FILES = ("summary.json", "errors.csv", "rejected.csv", "failed_chunks.csv", "in_doubt.csv")
 NOT_FOUND_FILE = "not_found.csv"
@@ -88,7 +103,7 @@ def summary_from_checkpoint(checkpoint: Checkpoint) -> dict[str, Any]:
 
 def write_report(checkpoint: Checkpoint, summary: dict[str, Any], out: Path) -> Path:
     """Write every report file into ``out`` (created if needed); return the folder."""
-    out.mkdir(parents=True, exist_ok=True)
+    make_private_dir(out)
     names = _file_names(checkpoint)
     summary = REDACTOR.scrub_value(summary)
     _replace(out / "summary.json", [json.dumps(summary, indent=2, sort_keys=True) + "\n"])
@@ -144,10 +159,35 @@ def _in_doubt(checkpoint: Checkpoint) -> Iterator[list[Any]]:
             yield [row["id"], "failed", row["sent"], "", "", "", f"failed: {row['reason']}"]
 
 
+def spreadsheet_safe(value: Any) -> Any:
+    """``value``, made inert for a spreadsheet if it is text that would start a formula."""
+    if (
+        isinstance(value, str)
+        and value.startswith(_FORMULA_START)
+        and not _PLAIN_NUMBER.fullmatch(value)
+    ):
+        return "'" + value
+    return value
+
+
+class SafeCsvWriter:
+    """A csv writer whose text cells cannot run as spreadsheet formulas."""
+
+    def __init__(self, handle: Any) -> None:
+        self._writer = csv.writer(handle)
+
+    def writerow(self, row: Iterable[Any]) -> None:
+        self._writer.writerow([spreadsheet_safe(cell) for cell in row])
+
+    def writerows(self, rows: Iterable[Iterable[Any]]) -> None:
+        for row in rows:
+            self.writerow(row)
+
+
 def _write_csv(path: Path, header: list[str], rows: Iterable[list[Any]]) -> None:
     temporary = path.with_name(f".{path.name}.tmp")
-    with temporary.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
+    with open_private(temporary) as handle:
+        writer = SafeCsvWriter(handle)
         writer.writerow(header)
         scrub = REDACTOR.scrub
         writer.writerows(
@@ -158,7 +198,7 @@ def _write_csv(path: Path, header: list[str], rows: Iterable[list[Any]]) -> None
 
 def _replace(path: Path, parts: Iterable[str]) -> None:
     temporary = path.with_name(f".{path.name}.tmp")
-    with temporary.open("w", encoding="utf-8") as handle:
+    with open_private(temporary) as handle:
         handle.writelines(parts)
     os.replace(temporary, path)
 

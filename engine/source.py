@@ -3,9 +3,15 @@
 Each input is opened once. Its first 64 KiB are read as a sample, from which the compression
 (gzip is recognised by its magic bytes, whatever the file's name), the encoding, the delimiter,
 the header row and the phone column are found; the sample is then replayed in front of the rest
-of the stream, so standard input works as well as a file. :mod:`csv` parses the records, a
-thousand at a time, and every cell keeps the physical line its record starts on, so a reject can
-be reported as ``file:line``.
+of the stream, so standard input works as well as a file. A sample that holds fewer than a few
+whole lines (a header of ten thousand columns) grows until it does, up to MAX_SAMPLE_BYTES, so
+the header is always read whole and the phone column is never guessed from a cut-off row.
+
+Only regular files and standard input are read: a folder, a device (``/dev/zero``), a named pipe
+or a symbolic-link loop is refused with what it is (:func:`check_input_path`).
+
+:mod:`csv` parses the records, a thousand at a time, and every cell keeps the physical line its
+record starts on, so a reject can be reported as ``file:line``.
 
 Encodings: UTF-8 with or without a BOM, UTF-16 and UTF-32 with a BOM, UTF-16 without one (it has
 a NUL beside every ASCII character), and anything else as Latin-1. Bytes that are not valid in
@@ -25,11 +31,15 @@ from __future__ import annotations
 
 import codecs
 import csv
+import errno
 import gc
 import gzip
 import io
 import logging
+import os
 import re
+import shlex
+import stat
 import sys
 import zlib
 from collections import Counter, deque
@@ -49,6 +59,13 @@ log = logging.getLogger(__name__)
 DELIMITERS = (",", ";", "\t", "|")
 SNIFF_BYTES = 64 * 1024
 SNIFF_ROWS = 50
+# The sample grows (doubling) until it holds this many line breaks: the header and a few rows.
+SNIFF_MIN_LINES = 4
+# ...but never past this: a first line longer than this is no header (and is read as a row).
+MAX_SAMPLE_BYTES = 64 * 1024 * 1024
+# Columns whose cells are scored as phone numbers: the first ones, and any whose header names
+# a phone (a wide export may put it last).
+SCORED_COLUMNS = 64
 # Records are parsed and handed on this many at a time: large enough that per-batch work is
 # negligible, small enough that a batch (about 2 ms of work) never holds up the event loop the
 # producer shares with the workers for long.
@@ -148,17 +165,87 @@ class _Replay(io.RawIOBase):
         super().close()
 
 
-def _read_sample(stream: IO[bytes] | gzip.GzipFile) -> bytes:
-    """Up to SNIFF_BYTES from the start, however the stream hands them over (pipes trickle)."""
+def _read_sample(stream: IO[bytes] | gzip.GzipFile, size: int = SNIFF_BYTES) -> bytes:
+    """Up to ``size`` bytes from the start, however the stream hands them over (pipes trickle)."""
     parts: list[bytes] = []
-    size = 0
-    while size < SNIFF_BYTES:
-        part = stream.read(SNIFF_BYTES - size)
+    got = 0
+    while got < size:
+        part = stream.read(size - got)
         if not part:
             break
         parts.append(part)
-        size += len(part)
+        got += len(part)
     return b"".join(parts)
+
+
+def _line_breaks(sample: bytes) -> int:
+    # CR-only files (old Mac exports) have no LF; UTF-16 and UTF-32 keep the byte values.
+    return max(sample.count(b"\n"), sample.count(b"\r"))
+
+
+def _grow_sample(sample: bytes, stream: IO[bytes] | gzip.GzipFile) -> tuple[bytes, bool]:
+    """``sample`` extended, doubling, until it holds SNIFF_MIN_LINES lines or the whole stream
+    (or MAX_SAMPLE_BYTES): the header row is then whole, however wide. Also: whether the
+    sample is the whole stream."""
+    complete = len(sample) < SNIFF_BYTES
+    while not complete and len(sample) < MAX_SAMPLE_BYTES:
+        if _line_breaks(sample) >= SNIFF_MIN_LINES:
+            break
+        wanted = min(len(sample), MAX_SAMPLE_BYTES - len(sample))
+        more = _read_sample(stream, wanted)
+        sample += more
+        complete = len(more) < wanted
+    return sample, complete
+
+
+def check_input_path(name: str) -> None:
+    """Refuse what is not a regular file (or ``-``), saying what it is; reads nothing.
+
+    A named pipe is refused too, though it streams like standard input: ozbulk reads a file
+    more than once (the check, the fingerprint that identifies the run, the pass itself, a
+    resume), and a pipe gives its data once. Redirecting it to standard input (``- < PIPE``)
+    gives the streaming run, clearly marked as one that cannot be resumed.
+    """
+    if name == "-":
+        return
+    try:
+        info = os.stat(name)
+    except OSError as error:
+        raise InputError(_stat_failure(name, error), file=name) from None
+    mode = info.st_mode
+    if stat.S_ISREG(mode):
+        if not os.access(name, os.R_OK):
+            raise InputError("cannot read it: permission denied", file=name)
+        return
+    if stat.S_ISDIR(mode):
+        what = (
+            "is a folder, not a file: give the files in it (for example "
+            f"{shlex.quote(os.path.join(name, '*.csv'))})"
+        )
+    elif stat.S_ISFIFO(mode):
+        what = (
+            "is a named pipe (FIFO), which can be read only once, and ozbulk reads an input "
+            "more than once; save it to a file, or stream it on standard input: - < PIPE"
+        )
+    elif stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        what = "is a device, not a file of phone numbers"
+    elif stat.S_ISSOCK(mode):
+        what = "is a socket, not a file"
+    else:
+        what = "is not a regular file"
+    raise InputError(what, file=name)
+
+
+def _stat_failure(name: str, error: OSError) -> str:
+    if error.errno == errno.ELOOP:
+        return "is a symbolic link that loops (it leads back to itself); fix the link"
+    if error.errno == errno.ENOENT and os.path.islink(name):
+        return f"is a symbolic link to {os.readlink(name)!r}, which does not exist"
+    if error.errno == errno.ENOENT:
+        return "no such file"
+    if error.errno == errno.ENOTDIR:
+        return "no such file (a part of its path is a file, not a folder)"
+    return f"cannot open: {error.strerror}"
 
 
 def _refuse_containers(sample: bytes, name: str) -> None:
@@ -231,14 +318,30 @@ def _sample_rows(text: str, delimiter: str, complete: bool) -> list[list[str]]:
     return rows[:SNIFF_ROWS]
 
 
-def _phone_shares(rows: list[list[str]], looks_like_phone: Callable[[str], bool]) -> list[float]:
-    """For each column, the share of data rows (the first row excepted) that hold a phone."""
-    body = rows[1:] or rows
-    width = min(max(map(len, rows)), 64)
-    return [
-        sum(1 for row in body if index < len(row) and looks_like_phone(row[index])) / len(body)
-        for index in range(width)
+def _scored_columns(rows: list[list[str]]) -> list[int]:
+    """The columns worth scoring: the first SCORED_COLUMNS, and any whose first-row cell names
+    a phone (so the phone column of a ten-thousand-column export is found wherever it is)."""
+    first = rows[0]
+    named = [
+        index
+        for index in range(SCORED_COLUMNS, len(first))
+        if len(first[index]) <= MAX_HEADER_CHARS
+        and any(word in first[index].casefold() for word in PHONE_HEADER_WORDS)
     ]
+    return list(range(min(max(map(len, rows)), SCORED_COLUMNS))) + named
+
+
+def _phone_shares(
+    rows: list[list[str]], looks_like_phone: Callable[[str], bool]
+) -> dict[int, float]:
+    """For each scored column, the share of data rows (the first row excepted) that hold a
+    phone."""
+    body = rows[1:] or rows
+    return {
+        index: sum(1 for row in body if index < len(row) and looks_like_phone(row[index]))
+        / len(body)
+        for index in _scored_columns(rows)
+    }
 
 
 def sniff_delimiter(
@@ -266,7 +369,7 @@ def sniff_delimiter(
         widths = Counter(map(len, rows))
         width, agreeing = widths.most_common(1)[0]
         named = wanted is not None and any(cell.strip().casefold() == wanted for cell in rows[0])
-        phones = max(_phone_shares(rows, looks_like_phone))
+        phones = max(_phone_shares(rows, looks_like_phone).values(), default=0.0)
         # A delimiter that splits nothing is no delimiter; past 80 % agreement on the field
         # count (short rows happen), more fields is the better sign.
         score = (
@@ -297,8 +400,18 @@ def _is_header_cell(cell: str, looks_like_phone: Callable[[str], bool]) -> bool:
 def choose_column(
     rows: list[list[str]], column: str | None, looks_like_phone: Callable[[str], bool], name: str
 ) -> tuple[int, str, bool]:
-    """Return (index, label, has_header) for the phone column of a file's first rows."""
+    """Return (index, label, has_header) for the phone column of a file's first rows.
+
+    ``rows`` are whole records (the sample grows until the header is whole); none at all means
+    an empty file, or a first line too long to be a header.
+    """
     if not rows:
+        if column is not None and not column.strip().isdigit():
+            raise InputError(
+                f"--column {column}: no header row to find it in (the file is empty, or its "
+                f"first line is longer than {MAX_SAMPLE_BYTES // (1024 * 1024)} MiB)",
+                file=name,
+            )
         return 0, "column 1", False
     first = rows[0]
 
@@ -327,14 +440,15 @@ def choose_column(
             if cell.strip().casefold() == wanted:
                 return index, label(index, True), True
         headers = ", ".join(repr(cell.strip()) for cell in first[:12])
+        more = f" and {len(first) - 12:,} more" if len(first) > 12 else ""
         raise InputError(
-            f"no column named {column!r} in the header row ({headers}); "
+            f"no column named {column!r} in the header row ({headers}{more}); "
             "use --column NAME or a 1-based --column INDEX",
             file=name,
         )
     shares = _phone_shares(rows, looks_like_phone)
-    width = len(shares)
-    best = max(range(width), key=lambda index: shares[index])
+    width = max(map(len, rows))
+    best = max(shares, key=lambda index: shares[index])
     if shares[best] == 0 and width > 1:
         for index, cell in enumerate(first):
             if any(word in cell.casefold() for word in PHONE_HEADER_WORDS):
@@ -347,7 +461,7 @@ def choose_column(
             )
     has_header = header_at(best)
     runners_up = [
-        index for index in range(width) if index != best and shares[index] >= 0.5 * shares[best] > 0
+        index for index in shares if index != best and shares[index] >= 0.5 * shares[best] > 0
     ]
     if runners_up:
         others = ", ".join(label(index, has_header) for index in runners_up[:3])
@@ -464,20 +578,29 @@ class CsvSource:
                 raise InputError("there is no standard input to read", file=name)
             raw: IO[bytes] = sys.stdin.buffer
         else:
+            # Before open(): opening a named pipe blocks until someone writes to it.
+            check_input_path(name)
             try:
                 raw = stack.enter_context(open(name, "rb"))  # noqa: SIM115
             except OSError as error:
                 raise InputError(f"cannot open: {error.strerror}", file=name) from None
         sample = _read_sample(raw)
-        replay = outer = _Replay(sample, raw)
         compressed = sample.startswith(b"\x1f\x8b")
         if compressed:
-            unzipped = gzip.GzipFile(fileobj=replay, mode="rb")
+            # The compressed bytes read from the file, for the progress: outer; the unzipped
+            # ones the reader takes: replay.
+            outer = _Replay(sample, raw)
+            unzipped = gzip.GzipFile(fileobj=outer, mode="rb")
+            stream: IO[bytes] | gzip.GzipFile = unzipped
             sample = _read_sample(unzipped)
-            replay = _Replay(sample, unzipped)
+        else:
+            stream = raw
+        sample, complete = _grow_sample(sample, stream)
+        replay = _Replay(sample, stream)
+        if not compressed:
+            outer = replay
         _refuse_containers(sample, name)
         encoding = detect_encoding(sample, name)
-        complete = len(sample) < SNIFF_BYTES
         head = sample.decode(encoding, errors=LATIN1_FALLBACK)
         directive = _SEP_LINE.match(head)
         if directive:

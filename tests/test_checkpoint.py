@@ -7,6 +7,7 @@ import os
 import random
 import signal
 import sqlite3
+import stat
 import subprocess
 import sys
 import time
@@ -61,7 +62,12 @@ def open_run(path: Path, identity: dict[str, Any] | None = None) -> Checkpoint:
 
 
 def files_of(folder: Path) -> dict[str, bytes]:
-    return {entry.name: entry.read_bytes() for entry in sorted(folder.iterdir())}
+    """Every file under ``folder`` (the states folder's included), by its relative path."""
+    return {
+        str(entry.relative_to(folder)): entry.read_bytes()
+        for entry in sorted(folder.rglob("*"))
+        if entry.is_file()
+    }
 
 
 # Child processes import only the checkpoint module (not pytest), so each starts in a blink.
@@ -416,6 +422,8 @@ def test_an_orphaned_wal_is_set_aside_not_replayed_into_a_new_checkpoint(tmp_pat
     kept = [entry for entry in tmp_path.iterdir() if entry.name.endswith(".orphan-wal")]
     assert len(kept) == 1
     assert kept[0].read_bytes() == wal
+    # The old run's states folder went with it: the new run's marker and states are its own.
+    assert Path(str(kept[0]).removesuffix("-wal") + ".states").is_dir()
 
 
 # -- crash safety ----------------------------------------------------------------------------
@@ -483,20 +491,21 @@ def test_producer_states_are_kept_newest_two_and_chosen_before_the_first_chunk_t
     checkpoint = open_run(path)
     assert checkpoint.producer_state(10**9) is None
     for next_chunk in (10, 20, 30):
-        name = f"state-{next_chunk}.pickle"
+        name = f"state-{next_chunk}.ozstate"
         (folder / name).write_bytes(b"state")
         reject = Reject(0, next_chunk, "x", "letters")
         checkpoint.record([done(next_chunk - 1)], [reject], {},
                           producer_state=(next_chunk, name))  # fmt: skip
     checkpoint.close()
     assert sorted(entry.name for entry in folder.iterdir()) == [
-        "state-20.pickle",
-        "state-30.pickle",
+        "run.json",  # the marker that a run began here, kept as long as the checkpoint
+        "state-20.ozstate",
+        "state-30.ozstate",
     ]
     reopened = open_run(path)
-    assert reopened.producer_state(35) == folder / "state-30.pickle"
-    assert reopened.producer_state(30) == folder / "state-30.pickle"
-    assert reopened.producer_state(29) == folder / "state-20.pickle"
+    assert reopened.producer_state(35) == folder / "state-30.ozstate"
+    assert reopened.producer_state(30) == folder / "state-30.ozstate"
+    assert reopened.producer_state(29) == folder / "state-20.ozstate"
     assert reopened.producer_state(19) is None  # state 10 was dropped: only two are kept
     assert len(list(reopened.reject_rows())) == 3
     reopened.close()
@@ -513,7 +522,115 @@ def test_a_schema_1_checkpoint_is_migrated_and_resumes_without_producer_states(
     migrated = open_run(path)
     assert migrated.schema_version() == SCHEMA_VERSION == 2
     assert migrated.producer_state(5) is None
-    migrated.record([done(1)], [], {}, producer_state=(2, "state-2.pickle"))
-    assert migrated.producer_state(5) == states_dir(path) / "state-2.pickle"
+    migrated.record([done(1)], [], {}, producer_state=(2, "state-2.ozstate"))
+    assert migrated.producer_state(5) == states_dir(path) / "state-2.ozstate"
     assert set(migrated.ids(DONE)) == {0, 1}
     migrated.close()
+
+
+def test_a_state_the_producer_wrote_ahead_of_its_record_is_not_pruned(tmp_path: Path) -> None:
+    """The producer writes a state before the collector records it: a commit that records an
+    older one must not remove the newer file (the resume would lose it); stale ones go."""
+    path = tmp_path / "run.ckpt"
+    folder = states_dir(path)
+    checkpoint = open_run(path)
+    folder.mkdir(exist_ok=True)
+    for name in ("state-5.ozstate", "state-10.ozstate", "state-20.ozstate", "state-9.pickle"):
+        (folder / name).write_bytes(b"state")
+    checkpoint.record([done(9)], [], {}, producer_state=(10, "state-10.ozstate"))
+    assert sorted(entry.name for entry in folder.iterdir()) == [
+        "run.json",
+        "state-10.ozstate",
+        "state-20.ozstate",  # written ahead: its record comes with the next commit
+    ]
+    checkpoint.record([done(19)], [], {}, producer_state=(20, "state-20.ozstate"))
+    assert checkpoint.producer_state(25) == folder / "state-20.ozstate"
+    assert (folder / "state-20.ozstate").exists()
+    checkpoint.close()
+
+
+def test_a_crafted_state_name_in_the_checkpoint_is_ignored(tmp_path: Path) -> None:
+    """A producer_states row naming a path outside the states folder is never used."""
+    checkpoint = open_run(tmp_path / "run.ckpt")
+    checkpoint.record([done(0)], [], {}, producer_state=(1, "../../etc/passwd"))
+    assert checkpoint.producer_state(5) is None
+    checkpoint.close()
+
+
+# -- a checkpoint that lost part of itself ----------------------------------------------------
+
+
+def test_a_killed_run_whose_wal_is_lost_is_refused_with_the_way_out(tmp_path: Path) -> None:
+    """kill -9 leaves the main file marked open: without its -wal it is refused, untouched."""
+    path = tmp_path / "c.ckpt"
+    crash_after_writing(path, 4)
+    assert Path(f"{path}-wal").exists()  # a killed run leaves its log, even when folded in
+    reader = Checkpoint.read(path)  # with its log, every commit is there
+    assert reader.sums()["chunks_done"] == 4
+    reader.close()
+    Path(f"{path}-wal").unlink()
+    before = files_of(tmp_path)
+    with pytest.raises(CheckpointError, match=r"c\.ckpt-wal file, which holds .* is missing"):
+        open_run(path)
+    assert files_of(tmp_path) == before
+
+
+def test_a_clean_close_leaves_no_wal_and_reopens(tmp_path: Path) -> None:
+    """A run that closes cleanly folds its log in: no -wal, and the file alone is whole."""
+    path = tmp_path / "c.ckpt"
+    checkpoint = open_run(path)
+    checkpoint.record([done(0), done(1)], [], {})
+    checkpoint.close()
+    assert not Path(f"{path}-wal").exists()
+    reopened = open_run(path)
+    assert reopened.sums()["chunks_done"] == 2
+    reopened.close()
+
+
+def test_an_emptied_checkpoint_of_a_run_that_began_is_refused(tmp_path: Path) -> None:
+    """Cut to 0 bytes after a run began (its states folder says so): refused, not reused."""
+    path = tmp_path / "c.ckpt"
+    checkpoint = open_run(path)
+    checkpoint.record([done(0)], [], {})
+    checkpoint.close()
+    path.write_bytes(b"")
+    with pytest.raises(CheckpointError, match=r"is empty \(0 bytes\), but c\.ckpt\.states/run"):
+        open_run(path)
+    assert path.read_bytes() == b""
+    aside = move_aside(path)  # what --restart does
+    assert states_dir(aside).is_dir()
+    open_run(path).close()
+
+
+def test_the_checkpoint_its_companions_and_states_folder_are_owner_only(tmp_path: Path) -> None:
+    """0600 for the file, -wal and -shm, 0700 for the states folder, even under umask 022."""
+    previous = os.umask(0o022)
+    try:
+        checkpoint = open_run(tmp_path / "c.ckpt")
+        checkpoint.record([done(0)], [], {})
+        for name in ("c.ckpt", "c.ckpt-wal", "c.ckpt-shm", "c.ckpt.states/run.json"):
+            assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o600, name
+        assert stat.S_IMODE((tmp_path / "c.ckpt.states").stat().st_mode) == 0o700
+        checkpoint.close()
+    finally:
+        os.umask(previous)
+
+
+@pytest.mark.parametrize("python_311", [False, True], ids=["setconfig", "reader-holds-log"])
+def test_a_run_whose_closing_commit_fails_keeps_its_wal_and_resumes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, python_311: bool
+) -> None:
+    """Disk full at the last commit: the -wal is kept, so the file is not taken for one that
+    lost it; the next run resumes with every earlier commit."""
+    if python_311:  # no Connection.setconfig: a reader holds the log in place instead
+        monkeypatch.delattr(sqlite3, "SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE", raising=False)
+    path = tmp_path / "c.ckpt"
+    checkpoint = open_run(path)
+    checkpoint.record([done(0), done(1)], [], {})
+    monkeypatch.setattr(checkpoint, "_db", FailingCommits(checkpoint._db))
+    checkpoint.close()
+    assert Path(f"{path}-wal").exists()
+    reopened = open_run(path)
+    assert reopened.sums()["chunks_done"] == 2
+    reopened.close()
+    assert not Path(f"{path}-wal").exists()

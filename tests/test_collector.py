@@ -53,7 +53,6 @@ def collector_for(
         checkpoint,
         stats=LiveStats(),
         counters=checkpoint.meta("counters", {}) or {},
-        in_doubt_below=checkpoint.meta("horizon", 0),
         breaker=CircuitBreaker(window, ratio),
         write=str,
         commit_interval=interval,
@@ -393,3 +392,37 @@ async def test_the_run_settles_when_every_worker_is_gone_but_not_when_cancelled(
         group.cancel_scope.cancel()
     assert checkpoint.meta("horizon") == 1 + HORIZON_STEP
     results_tx.close()
+
+
+def test_after_a_kill_only_pending_chunks_and_one_step_past_the_last_commit_are_in_doubt(
+    checkpoint: Checkpoint,
+) -> None:
+    """A killed pass leaves pending plus (dispatched_to, horizon): not every unrecorded chunk
+    below the horizon, which after a long pass is most of the input."""
+    killed = collector_for(checkpoint)
+    for chunk_id in range(40):
+        killed.dispatching(make_chunk(chunk_id))
+        if chunk_id >= 5:
+            killed._merge(ok(make_chunk(chunk_id - 5)))  # five in flight all along
+    killed.commit()  # 0..34 recorded; 35..39 pending
+    for chunk_id in range(40, 44):
+        killed.dispatching(make_chunk(chunk_id))  # handed over after the last commit
+    killed._merge(ok(make_chunk(35)))  # finished, never committed: then kill -9
+    assert checkpoint.meta("horizon") == HORIZON_STEP
+    resumed = collector_for(checkpoint)
+    expected = list(range(35, HORIZON_STEP))  # 35..39 pending, 40..63 up to the horizon
+    assert checkpoint.meta("in_doubt") == expected
+    assert checkpoint.meta("horizon") == 0  # the dead pass is settled before this one sends
+    resent = [make_chunk(chunk_id) for chunk_id in (35, 39, 63, HORIZON_STEP)]
+    for chunk in resent:
+        resumed.dispatching(chunk)
+    assert [chunk.in_doubt for chunk in resent] == [True, True, True, False]
+
+
+def test_a_checkpoint_of_an_older_ozbulk_keeps_every_chunk_below_the_horizon_in_doubt(
+    checkpoint: Checkpoint,
+) -> None:
+    """Without a record of what was pending (an older ozbulk died), the horizon alone decides."""
+    checkpoint.set_horizon(10)
+    collector_for(checkpoint)
+    assert checkpoint.meta("in_doubt") == list(range(10))

@@ -27,6 +27,7 @@ from typing import Any
 import pytest
 
 from engine.batcher import Producer, accepted_numbers
+from engine.checkpoint import Checkpoint
 from engine.errors import CheckpointError
 from engine.numbers import Normalizer
 from engine.settings import InputSettings
@@ -508,7 +509,7 @@ def test_a_checkpoint_ozbulk_cannot_read_is_refused_and_left_byte_for_byte(
     server = fake_api()
     source = sample_csv(1_000)
     make(tmp_path / "c.ckpt")
-    before = {path.name: path.read_bytes() for path in tmp_path.glob("c.ckpt*")}
+    before = {path.name: path.read_bytes() for path in tmp_path.glob("c.ckpt*") if path.is_file()}
     refused = run_cli(*delete_args(server, source, rate=0, checkpoint="c.ckpt"))
     assert refused.returncode == 2, refused.output
     assert message in refused.stderr and "left untouched" in refused.stderr
@@ -517,7 +518,9 @@ def test_a_checkpoint_ozbulk_cannot_read_is_refused_and_left_byte_for_byte(
     assert status.returncode == 2, status.output
     assert message in status.stderr
     assert server.stats()["requests"] == 0
-    assert {path.name: path.read_bytes() for path in tmp_path.glob("c.ckpt*")} == before
+    assert {
+        path.name: path.read_bytes() for path in tmp_path.glob("c.ckpt*") if path.is_file()
+    } == before
 
 
 def test_restart_sets_an_unreadable_checkpoint_aside_and_report_refuses_it(
@@ -601,6 +604,13 @@ def test_a_checkpoint_that_becomes_unwritable_mid_run_stops_with_exit_4_and_lose
     after = done_ids(tmp_path / "c.ckpt")
     assert seen and seen <= after  # nothing committed before is lost
     assert len(after) < baseline["chunks_total"]  # it did stop midway
+    stopped = read_summary(tmp_path / "s.json")
+    # The summary tells what the checkpoint holds, not what was merged in memory.
+    reader = Checkpoint.read(tmp_path / "c.ckpt")
+    committed = reader.sums()
+    reader.close()
+    assert stopped["chunks_done"] == committed["chunks_done"] == len(after), stopped
+    assert (stopped["sent"], stopped["deleted"]) == (committed["sent"], committed["deleted"])
 
     api.state.run = 1
     resumed = run_cli(*args)

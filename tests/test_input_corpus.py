@@ -230,7 +230,7 @@ def test_cli_refuses_unusable_input_with_exit_2_and_one_line(
     [
         ["excel-unicode.txt"],
         ["latin1-after-64k.csv", "gzip.csv.gz", "semicolon.csv"],
-        ["only-bad-rows.csv", "empty.csv", "header-only.csv", "one-10mb-line.csv"],
+        ["only-bad-rows.csv", "empty.csv", "header-only.csv", "one-10mb-line.csv", "gzip.csv.gz"],
         ["quoted-multiline.csv", "spellings.csv", "duplicates.csv", "cr-only.csv"],
     ],
 )
@@ -252,6 +252,27 @@ def test_cli_runs_messy_inputs_to_totals_that_add_up(run_cli, fake_api, corpus, 
     if not rejected_csv.is_absolute():
         rejected_csv = tmp_path / rejected_csv
     assert len(rejected_csv.read_text().splitlines()) == 1 + summary["rejected"]
+
+
+def test_cli_input_without_a_single_number_is_exit_2_with_the_counts(
+    run_cli, fake_api, corpus, tmp_path
+):
+    """Inputs that yield no number to send: exit 2, the counts and where the reasons are."""
+    server = fake_api()
+    names = ["only-bad-rows.csv", "empty.csv", "header-only.csv", "one-10mb-line.csv"]
+    result = run_cli(*delete_args(server, *(corpus / name for name in names), rate=0))
+    assert result.returncode == 2, result.output
+    rows = sum(int(OUTCOMES[name]) for name in names)
+    assert f"the input holds no phone number to send: {rows} rows read, {rows} rejected" in (
+        result.output
+    )
+    assert "Traceback" not in result.output and "resume with" not in result.output
+    assert server.stats()["requests"] == 0
+    report = tmp_path / "ozbulk-tester-1.ckpt.report" / "rejected.csv"
+    assert len(report.read_text().splitlines()) == 1 + rows
+    empty = run_cli(*delete_args(server, corpus / "empty.csv", rate=0, dry_run=True))
+    assert empty.returncode == 2, empty.output
+    assert "the input holds no data rows" in empty.output
 
 
 def test_cli_reads_standard_input_with_the_same_sniffing(run_cli, fake_api, tmp_path):

@@ -177,9 +177,9 @@ def test_an_unreadable_state_means_reading_from_the_start(sample_csv, tmp_path, 
     """A damaged or missing state file is not fatal: the child says so and reads everything."""
     inputs = InputSettings(paths=(str(sample_csv(3_000)),))
     everything = Selection(skip=BitMap().serialize(), only=None)
-    damaged = tmp_path / "state-7.pickle"
-    damaged.write_bytes(b"not a pickle")
-    for start in (damaged, tmp_path / "missing.pickle"):
+    damaged = tmp_path / "state-7.ozstate"
+    damaged.write_bytes(b"not a state")
+    for start in (damaged, tmp_path / "missing.ozstate"):
         source = ProducerProcess(inputs, everything, lambda _: None, start=start)
         with caplog.at_level(logging.WARNING):
             chunks = _collect(source)

@@ -14,7 +14,7 @@ from engine.batcher import Reject
 from engine.checkpoint import DONE, FAILED, SCHEMA_VERSION, Checkpoint, ChunkRecord, fingerprint
 from engine.collector import RESENT_AFTER_INTERRUPTION
 from engine.errors import CheckpointError
-from engine.report import REPORT_FILES, summary_from_checkpoint, write_report
+from engine.report import REPORT_FILES, spreadsheet_safe, summary_from_checkpoint, write_report
 from engine.status import describe, render, resume_command, show_status, write_report_for
 from tests.test_checkpoint import IDENTITY
 
@@ -234,3 +234,58 @@ def test_report_writes_the_numbers_not_found(run_cli, fake_api, sample_csv, tmp_
     assert {row["exact"] for row in exact} == {"True"}
     assert {row["number"] for row in exact} == {n.lstrip("+") for n in numbers[200:]}
     assert all(row["file"] == str(source) and int(row["line"]) > 1 for row in rows)
+
+
+# -- a spreadsheet reads the CSV files -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("cell", "written"),
+    [
+        ('=HYPERLINK("http://evil.example","x")', '\'=HYPERLINK("http://evil.example","x")'),
+        ("@SUM(A1)", "'@SUM(A1)"),
+        ("+91 98765 43210", "'+91 98765 43210"),
+        ("-1+2", "'-1+2"),
+        ("\t=1", "'\t=1"),
+        ("\r=1", "'\r=1"),
+        ("+919876543210", "+919876543210"),
+        ("-5", "-5"),
+        ("919876543210", "919876543210"),
+        ("9.19E+11", "9.19E+11"),
+        ("a=1", "a=1"),
+        (42, 42),
+        ("", ""),
+    ],
+)
+def test_formula_cells_are_quoted_and_plain_numbers_left_readable(cell: Any, written: Any) -> None:
+    """Text a spreadsheet would run gets a leading apostrophe; a signed plain number does not."""
+    assert spreadsheet_safe(cell) == written
+
+
+def test_every_report_csv_quotes_formula_cells_from_any_source(tmp_path: Path) -> None:
+    """Input file names, raw cells, server reasons and numbers: all pass the same guard."""
+    path = tmp_path / "c.ckpt"
+    identity = {**IDENTITY, "inputs": [{"path": "=cmd|' /C calc'!A0.csv"}]}
+    checkpoint = Checkpoint.for_run(path, identity, SETTINGS)
+    evil = '=HYPERLINK("http://evil.example")'
+    checkpoint.record(
+        [
+            ChunkRecord(0, DONE, 100, 99, 1, 99, 1, True, "@resent", [(evil, 0, 3)]),
+            ChunkRecord(1, FAILED, 100, 0, 0, 0, 8, False, f"HTTP 500 {evil}",
+                        [("+919800000001", 0, 5)]),
+        ],
+        [Reject(0, 7, evil, "letters")],
+        {},
+    )  # fmt: skip
+    write_report(checkpoint, summary_from_checkpoint(checkpoint), tmp_path / "out")
+    checkpoint.close()
+    cells = [
+        cell
+        for name in REPORT_FILES
+        if name.endswith(".csv")
+        for row in read_csv(tmp_path / "out" / name)
+        for cell in row
+    ]
+    assert not [cell for cell in cells if cell.startswith(("=", "@"))], cells
+    assert "'=cmd|' /C calc'!A0.csv" in cells and f"'{evil}" in cells and "'@resent" in cells
+    assert "+919800000001" in cells  # a phone number stays as the input had it

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from engine import source as source_module
 from engine.errors import InputError
 from engine.numbers import Normalizer
 from engine.source import BATCH_ROWS, SNIFF_BYTES, CsvSource, detect_encoding
@@ -321,8 +322,8 @@ def test_corrupt_gzip_is_an_input_error(tmp_path):
 
 
 def test_missing_file_is_an_input_error(tmp_path):
-    """A path that does not exist is refused with the OS reason."""
-    with pytest.raises(InputError, match="cannot open"):
+    """A path that does not exist is refused as such."""
+    with pytest.raises(InputError, match=r"nope\.csv: no such file"):
         read(tmp_path / "nope.csv")
 
 
@@ -396,3 +397,44 @@ def test_detect_encoding_keeps_a_multibyte_character_cut_by_the_sample():
     """A UTF-8 character split at the sample's end does not make the file Latin-1."""
     sample = ("x" * 10 + "é").encode()[:-1]
     assert detect_encoding(sample, "f.csv") == "utf-8"
+
+
+# -- headers wider than the sample ------------------------------------------------------------
+
+
+def wide_file(tmp_path: Path, columns: int, rows: int = 20, *, compress: bool = False) -> Path:
+    header = ",".join([f"field_{index}" for index in range(columns - 1)] + ["Mobile"])
+    lines = [header] + [",".join(["7"] * (columns - 1) + [f"98765{n:05d}"]) for n in range(rows)]
+    data = ("\n".join(lines) + "\n").encode()
+    return write(tmp_path, "wide.csv.gz" if compress else "wide.csv",
+                 gzip.compress(data) if compress else data)  # fmt: skip
+
+
+@pytest.mark.parametrize("compress", [False, True])
+@pytest.mark.parametrize("column", [None, "mobile", "10000"])
+def test_a_header_longer_than_the_sample_is_read_whole(tmp_path, column, compress):
+    """10,000 columns, the phone last, the header past 64 KiB: found by name, index or header."""
+    path = wide_file(tmp_path, 10_000, compress=compress)
+    source = CsvSource(str(path), column, LOOKS_LIKE_PHONE)
+    cells = list(source.cells())
+    assert cells == [(n + 2, f"98765{n:05d}") for n in range(20)]
+    assert source.layout is not None and source.layout.column_index == 9_999
+    assert source.layout.has_header
+
+
+def test_a_named_column_missing_from_a_wide_header_is_an_error(tmp_path):
+    """--column that the whole header lacks: an error naming some headers and how many more."""
+    path = wide_file(tmp_path, 10_000)
+    with pytest.raises(InputError, match=r"no column named 'phone'.*and 9,988 more"):
+        CsvSource(str(path), "phone", LOOKS_LIKE_PHONE).inspect()
+
+
+def test_a_file_of_one_huge_line_is_sampled_whole_not_beyond_the_cap(tmp_path, monkeypatch):
+    """The sample grows only to MAX_SAMPLE_BYTES; a first line longer is a row, not a header,
+    and a --column name then has no header to be found in."""
+    monkeypatch.setattr(source_module, "MAX_SAMPLE_BYTES", 256 * 1024)
+    path = write(tmp_path, "long.csv", b"phone," + b"x" * (512 * 1024) + b"\n9876543210,1\n")
+    cells = list(CsvSource(str(path), None, LOOKS_LIKE_PHONE).cells())
+    assert [line for line, _ in cells] == [1, 2]
+    with pytest.raises(InputError, match="no header row to find it in"):
+        CsvSource(str(path), "phone", LOOKS_LIKE_PHONE).inspect()

@@ -1,0 +1,115 @@
+"""Files ozbulk writes: the owner's alone, and checked before anything is sent.
+
+The checkpoint, its SQLite companions, the producer states, the reports and the log hold the
+customers' phone numbers, so each is created readable and writable by its owner only (files
+0600, folders 0700) whatever the umask. SQLite gives the ``-wal`` and ``-shm`` files the mode of
+their database, so a private checkpoint has private companions.
+
+Every path a run will write to is checked before the first request (:func:`check_output_paths`):
+a run that cannot write its summary or its report would otherwise do the whole job and fail at
+the very end.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import IO
+
+from engine.errors import UsageError
+
+PRIVATE_FILE = 0o600
+PRIVATE_DIR = 0o700
+
+
+def open_private(path: Path, *, append: bool = False) -> IO[str]:
+    """Open ``path`` for writing text (truncated unless ``append``), owner-only.
+
+    A file that already exists keeps its contents rule (truncate or append) but loses any wider
+    permission it had: it is about to hold what this run writes.
+    """
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if append else os.O_TRUNC)
+    descriptor = os.open(path, flags, PRIVATE_FILE)
+    try:
+        os.fchmod(descriptor, PRIVATE_FILE)
+        return os.fdopen(descriptor, "a" if append else "w", encoding="utf-8", newline="")
+    except BaseException:
+        os.close(descriptor)
+        raise
+
+
+def write_private_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` (owner-only), replacing what was there."""
+    with open_private(path) as handle:
+        handle.write(text)
+
+
+def make_private_dir(path: Path) -> None:
+    """Create ``path`` and any missing parents; the folders created are owner-only."""
+    missing: list[Path] = []
+    current = path
+    while not current.exists() and current != current.parent:
+        missing.append(current)
+        current = current.parent
+    for folder in reversed(missing):
+        with contextlib.suppress(FileExistsError):  # made meanwhile by someone else: theirs
+            folder.mkdir(mode=PRIVATE_DIR)
+            os.chmod(folder, PRIVATE_DIR)  # mkdir's mode is filtered by the umask
+
+
+def prepare_log_file(path: Path) -> None:
+    """Create the log file owner-only before the logging module opens it (it appends).
+
+    Raises :class:`UsageError` when it cannot be written, before anything else happens.
+    """
+    _check_file_target(path, "--log-file")
+    try:
+        open_private(path, append=True).close()
+    except OSError as error:
+        raise UsageError(f"--log-file {path}: cannot write it: {error.strerror}") from None
+
+
+def check_output_paths(
+    files: Iterable[tuple[str, Path]], folders: Iterable[tuple[str, Path]]
+) -> None:
+    """Refuse, with the flag to fix, any output that could not be written; creates nothing.
+
+    ``files`` and ``folders`` are (flag, path) pairs: a file must be a writable file or a new
+    name in a writable folder; a folder must be a writable folder or creatable under one.
+    """
+    for flag, path in files:
+        _check_file_target(path, flag)
+    for flag, path in folders:
+        _check_folder_target(path, flag)
+
+
+def _check_file_target(path: Path, flag: str) -> None:
+    if path.is_dir():
+        raise UsageError(f"{flag} {path}: is a folder; give a file name")
+    if path.exists():
+        if not os.access(path, os.W_OK):
+            raise UsageError(f"{flag} {path}: not writable (permission denied)")
+        return
+    parent = path.parent
+    if not parent.is_dir():
+        raise UsageError(
+            f"{flag} {path}: the folder {parent} does not exist; create it or choose another path"
+        )
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UsageError(f"{flag} {path}: cannot create it in {parent} (permission denied)")
+
+
+def _check_folder_target(path: Path, flag: str) -> None:
+    current = path
+    while not current.exists():
+        if current == current.parent:
+            break
+        current = current.parent
+    if not current.is_dir():
+        raise UsageError(
+            f"{flag} {path}: {current} is a file, not a folder; choose another report folder"
+        )
+    if not os.access(current, os.W_OK | os.X_OK):
+        raise UsageError(f"{flag} {path}: cannot write in {current} (permission denied)")
