@@ -15,9 +15,9 @@ reset on the clock) with bounds on its quota, and lets the evidence rule them ou
   ``quota <= n``: the upper bound ``hi`` falls to ``n``;
 * a shape whose bounds cross (``lo > hi``) cannot be the server's and is ruled out.
 
-The counts are the request's own: which answers surely or possibly fell into the server's window
-when the server counted it, from the times the requests left and were answered (the server
-counted each somewhere in between) and the slowest recent round trip. Sending at a steady pace
+The counts are the request's own: which admissions surely or possibly fell into the server's
+window when the server counted it, from the times the requests left and were answered (the
+server counted each somewhere in between). Sending at a steady pace
 for longer than a window rules a short window out as soon as the first refusal comes (the pace
 was sustained above what it would allow); the requests admitted when a longer window frees up
 rule out the still longer ones. The shortest shape still standing is the limit; its ``lo``, the
