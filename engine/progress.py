@@ -8,12 +8,14 @@ producer says how many bytes of the input it has taken, and the numbers accepted
 by the input's size over those bytes, are the total to expect. The total is exact as soon as it
 is known: from a pre-scan, from an earlier pass that read the input to its end, or once the
 producer has. Speeds are those of the last :data:`RATE_WINDOW_S` seconds, not averages over the
-whole run, so the ETA follows the pace the run holds now.
+whole run, so the ETA follows the pace the run holds now; once the server's limit is learned,
+the ETA follows that limit instead, pauses for a spent quota included.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -22,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from engine.pacing import Pacer, duration_words
+from engine.pacing import SAFETY, Pacer, duration_words
 
 if TYPE_CHECKING:
     from rich.console import Console, ConsoleOptions, RenderResult
@@ -33,6 +35,7 @@ log = logging.getLogger("engine.progress")
 
 BAR_REFRESH_S = 0.25
 RATE_WINDOW_S = 20.0
+WAITING = "server limit reached: waiting"  # the pace while every worker waits for the server
 # Below this share of the input read, an extrapolation from the bytes is noise: the plan's
 # estimate from the file sizes stands in for it.
 MIN_SHARE_READ = 0.005
@@ -71,15 +74,24 @@ class Figures:
     in_flight: int
 
 
+def _learned_pace(pacer: Pacer) -> float:
+    """Requests a second the learned limit allows and the pacer keeps to; 0 before it is known."""
+    limit = pacer.limit
+    if limit is None or limit.learned_at is None:
+        return 0.0
+    ceiling = pacer.ceiling or math.inf
+    return min(limit.per_second, ceiling) * SAFETY
+
+
 def pacer_view(pacer: Pacer) -> tuple[str, bool]:
     """The pace the pacer holds, in words, and whether the server's limit sets it."""
     text = pacer.pace
     slowed = pacer.forced_down
     until = pacer.waiting_until  # wall-clock time the server is expected to admit again
     if until is not None and until - time.time() >= 1.0:
-        # A long wait for the server's window is shown as one, not as a stall.
+        # A long wait for the server's window is shown as one, not as a stall, and first.
         at, left = time.strftime("%H:%M:%S", time.localtime(until)), until - time.time()
-        text = f"server limit reached: waiting until {at} (about {duration_words(left)})"
+        text = f"{WAITING} until {at} ({duration_words(left)})"
     elif slowed:
         text += ", the server's limit"
     return text, slowed
@@ -167,8 +179,12 @@ class Meter:
             remaining = max(0, total - done)
             fraction = min(1.0, done / total) if total else 1.0
         eta = None
-        if remaining is not None and numbers_per_s > 0:
-            eta = remaining / numbers_per_s
+        # Once the server's limit is known, it is the pace the rest of the run goes at, pauses
+        # for a spent quota included: the recent rate would say "forever" during such a pause.
+        steady = _learned_pace(pacer) * (finished_this_pass / requests if requests else 0)
+        speed = steady or numbers_per_s
+        if remaining is not None and speed > 0:
+            eta = remaining / speed
         elif remaining == 0:
             eta = 0.0
         pace, slowed = pacer_view(pacer)
@@ -233,11 +249,13 @@ def _speed(value: float) -> str:
 
 def status_fields(figures: Figures) -> list[str]:
     """The second line's fields, most important first: a narrow screen drops the last ones."""
+    waiting = figures.pace.startswith(WAITING)
     fields = [
+        *([figures.pace] if waiting else []),  # why nothing moves comes first
         f"deleted {figures.deleted:,}",
         f"not found {figures.not_found:,}",
         f"{_speed(figures.numbers_per_s)} num/s",
-        f"pace {figures.pace}",
+        *([] if waiting else [f"pace {figures.pace}"]),
     ]
     if figures.error:
         fields.insert(2, f"error {figures.error:,}")

@@ -22,7 +22,8 @@ import pyte
 import pytest
 
 from engine.batcher import accepted_numbers
-from engine.pacing import Pacer
+from engine.limits import Limit
+from engine.pacing import SAFETY, Pacer
 from engine.progress import (
     RATE_WINDOW_S,
     Expected,
@@ -60,6 +61,8 @@ class _Pacer:
     pace = "10/s"
     forced_down = False
     waiting_until = None
+    limit = None  # nothing learned: the ETA follows the recent rate
+    ceiling = None
 
 
 # -- layout --------------------------------------------------------------------------------
@@ -166,13 +169,38 @@ def test_start_up_is_not_counted_in_the_rate() -> None:
     assert figures is not None and figures.numbers_per_s == pytest.approx(1_000)
 
 
+def test_a_learned_limit_sets_the_eta_even_while_the_server_makes_everyone_wait() -> None:
+    """120 a minute learned, 100 numbers a request: the ETA is the rest at 1.96 requests/s,
+    though nothing moved for the last 20 s (a spent quota)."""
+    now = [0.0]
+    pacer = Pacer(None, prior=Limit(120, 60.0, False, learned_at=1_700_000_000.0))
+    meter = Meter(Expected(total=100_000, exact=True), clock=lambda: now[0])
+    for second, done in ((0, 0), (10, 2_000), (40, 2_000)):
+        now[0] = float(second)
+        figures = meter.figures(
+            finished_this_pass=done, requests=done // 100, done=done, accepted=done,
+            finished=False, bytes_read=0, pacer=pacer,
+        )  # fmt: skip
+    assert figures.numbers_per_s == 0  # the last 20 s
+    assert figures.eta_s == pytest.approx(98_000 / (2 * SAFETY * 100))
+
+
+def test_a_wait_for_the_server_comes_first_on_an_80_column_screen() -> None:
+    """While every worker waits for the server's window, the second line says so first."""
+    waiting = replace(FIGURES, pace="server limit reached: waiting until 14:02:00 (37 min)")
+    _, second = render_lines(waiting, 80)
+    assert second.startswith("server limit reached: waiting until 14:02:00 (37 min)  deleted ")
+    _, usual = render_lines(FIGURES, 80)
+    assert usual.startswith("deleted 12,000,000")
+
+
 def test_the_pace_says_what_the_pacer_holds_and_a_long_wait() -> None:
     """The pace in words: the rate held, unlimited, and a wait for the server's window."""
     clock = [1000.0]
     waiting = Pacer(10, clock=lambda: clock[0], wall_offset=time.time() - clock[0])
     waiting.on_rate_limited(waiting.unpaced(), 600.0)
     text, slowed = pacer_view(waiting)
-    assert text.startswith("server limit reached: waiting until ") and "(about 10 min)" in text
+    assert text.startswith("server limit reached: waiting until ") and "(10 min)" in text
     assert slowed
     assert pacer_view(Pacer(None)) == ("unlimited", False)
     assert pacer_view(Pacer(10)) == ("9.8/s", False)  # the bucket's pace: 98 % of the rate
