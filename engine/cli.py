@@ -18,6 +18,7 @@ from typing import Any
 
 import anyio
 
+from engine import exporters
 from engine import settings as defaults
 from engine.config import config_path, layer_defaults
 from engine.errors import InputError, OzbulkError, UsageError
@@ -30,6 +31,7 @@ from engine.rates import parse_rate
 from engine.settings import InputSettings, RunSettings, Secret
 from engine.source import CsvSource
 from engine.status import show_status, write_report_for
+from engine.telemetry_report import PLOT_HELP, PLOT_NAME, plot_for, summary_lines
 
 log = logging.getLogger("engine")
 
@@ -248,6 +250,7 @@ def _add_delete_options(run: argparse.ArgumentParser) -> None:
         action="store_true",
         help="no live bar: a progress log line every 10 s instead",
     )
+    exporters.add_arguments(run)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -290,6 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     report.add_argument("checkpoint", type=Path)
     report.add_argument("--out", type=Path, required=True, help="folder for the report files")
+    report.add_argument("--plot", action="store_true", help=f"also draw {PLOT_NAME} ({PLOT_HELP})")
     sample = commands.add_parser(
         "sample", parents=[common], help="write a realistic sample CSV of phone numbers"
     )
@@ -434,6 +438,7 @@ def print_summary(outcome: RunOutcome, argv: list[str] | None = None) -> None:
     lines = [f"  {key:<{width}}  {summary.get(key)}" for key in keys]
     if summary.get("server_limit"):
         lines.append(f"  {'server_limit':<{width}}  {summary['server_limit']}")
+    lines += [f"  {line}" for line in summary_lines(summary)]
     meaning = {
         0: "complete: every number has a verdict",
         1: "finished with failed chunks: re-run the same command to retry them",
@@ -471,13 +476,20 @@ def cmd_delete(args: argparse.Namespace, argv: list[str]) -> int:
     if args.dry_run:
         return _dry_run(settings)
     settings.require_api_key()
+    observe = exporters.options_from_args(args)
     plan = make_plan(settings, prescan_allowed=not args.yes)
     print(plan.render(), file=sys.stderr)
     _confirm(args.yes)
     checkpoint = open_checkpoint(settings, restart=args.restart)
     progress = _progress(args, plan.numbers if plan.exact else None)
     outcome = anyio.run(
-        lambda: delete(settings, checkpoint=checkpoint, progress=progress, handle_signals=True)
+        lambda: delete(
+            settings,
+            checkpoint=checkpoint,
+            progress=progress,
+            handle_signals=True,
+            telemetry=observe,
+        )
     )
     if settings.summary_json is not None:
         settings.summary_json.write_text(
@@ -564,7 +576,8 @@ def _dispatch(args: argparse.Namespace, argv: list[str], sources: dict[str, str]
     if command == "status":
         return show_status(args.checkpoint, as_json=args.json)
     if command == "report":
-        return write_report_for(args.checkpoint, args.out)
+        code = write_report_for(args.checkpoint, args.out)
+        return plot_for(args.checkpoint, args.out) if args.plot else code
     raise AssertionError(f"unhandled command {command}")
 
 

@@ -8,6 +8,7 @@
 ``in_doubt.csv``      chunks sent again after an interruption or an earlier failure: maybe applied
                       by the earlier attempt, so their "not found" numbers were probably deleted
                       then, not missing
+``timeline.csv``, ``latency.csv``: the run as a benchmark (see :mod:`engine.telemetry_report`)
 
 Each file is written beside its final name and renamed into place, so a report folder never
 holds half a file, even when the run writing it is killed.
@@ -23,8 +24,10 @@ from pathlib import Path
 from typing import Any
 
 from engine.checkpoint import Checkpoint, fingerprint
+from engine.telemetry_report import TELEMETRY_FILES, summarize_checkpoint, write_telemetry_files
 
 REPORT_FILES = ("summary.json", "errors.csv", "rejected.csv", "failed_chunks.csv", "in_doubt.csv")
+REPORT_FILES += TELEMETRY_FILES  # timeline.csv, latency.csv: see engine.telemetry_report
 
 
 def _file_names(checkpoint: Checkpoint) -> list[str]:
@@ -67,6 +70,7 @@ def summary_from_checkpoint(checkpoint: Checkpoint) -> dict[str, Any]:
         "complete": chunks_total is not None and sums["chunks_done"] == chunks_total,
         "checkpoint": str(checkpoint.path),
         "fingerprint": fingerprint(checkpoint.identity()),
+        **summarize_checkpoint(checkpoint),  # latency, answers, retries, where time went
     }
     return summary
 
@@ -96,6 +100,7 @@ def write_report(checkpoint: Checkpoint, summary: dict[str, Any], out: Path) -> 
         ["chunk", "state", "sent", "deleted", "not_found", "error", "reason"],
         _in_doubt(checkpoint),
     )
+    write_telemetry_files(checkpoint, out)  # timeline.csv, latency.csv
     return out
 
 

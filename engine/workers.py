@@ -37,6 +37,7 @@ from engine.errors import (
     TransportError,
 )
 from engine.pacing import Pacer
+from engine.telemetry import Telemetry
 
 RATE_LIMITED_ATTEMPTS_FACTOR = 10
 # A backstop: TokenAuth stops a run whose fresh tokens are refused; this stops a chunk whose
@@ -84,6 +85,7 @@ class WorkerContext:
     stopping: anyio.Event = field(default_factory=anyio.Event)
     # Told of each chunk just before its first request leaves: what a stop leaves in doubt.
     on_send: Callable[[Chunk], None] = lambda chunk: None
+    telemetry: Telemetry = field(default_factory=Telemetry)
 
     def __post_init__(self) -> None:
         # Token requests count against the same server window as the deletes.
@@ -102,10 +104,10 @@ async def send_chunk(chunk: Chunk, context: WorkerContext) -> ChunkResult | None
         body = context.client.body_from_json(chunk.payload)
     else:
         body = context.client.body(list(map(context.write, chunk.numbers)))
-    stats, pacer = context.stats, context.pacer
+    stats, pacer, telemetry = context.stats, context.pacer, context.telemetry
     attempts = rate_limited = token_refusals = 0
     while True:
-        ticket = await pacer.acquire(context.stopping)
+        ticket, waited = await telemetry.turn(pacer.acquire(context.stopping))
         if ticket is None:
             return None
         if attempts == 0:
@@ -114,7 +116,9 @@ async def send_chunk(chunk: Chunk, context: WorkerContext) -> ChunkResult | None
         stats.requests += 1
         stats.in_flight += 1
         try:
-            verdict = await context.client.delete(body)
+            verdict = await telemetry.request(
+                context.client.delete(body), chunk.id, attempts, waited
+            )
         except RateLimited as error:
             pacer.on_rate_limited(ticket, error.retry_after)
             stats.rate_limited += 1
@@ -147,6 +151,7 @@ async def send_chunk(chunk: Chunk, context: WorkerContext) -> ChunkResult | None
             raise
         else:
             pacer.on_success(ticket)
+            telemetry.chunk_finished(len(chunk.numbers), verdict)
             return ChunkResult(chunk, attempts, verdict)
         finally:
             stats.in_flight -= 1
@@ -154,15 +159,16 @@ async def send_chunk(chunk: Chunk, context: WorkerContext) -> ChunkResult | None
         if counted >= context.max_attempts or attempts >= context.max_attempts * (
             RATE_LIMITED_ATTEMPTS_FACTOR
         ):
+            telemetry.chunk_finished(len(chunk.numbers), None)
             return ChunkResult(chunk, attempts, None, reason=str(last))
         if context.stopping.is_set():
             return None
         stats.retries += 1
+        telemetry.retried(last)
         if not isinstance(last, RateLimited | TokenRejected):
             # Full jitter: retries of many chunks that failed together do not return together.
-            with anyio.move_on_after(
-                backoff_delay(counted, context.backoff_base, context.backoff_cap)
-            ):
+            delay = backoff_delay(counted, context.backoff_base, context.backoff_cap)
+            with telemetry.backoff(), anyio.move_on_after(delay):
                 await context.stopping.wait()
             if context.stopping.is_set():
                 return None

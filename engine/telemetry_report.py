@@ -1,0 +1,179 @@
+"""The telemetry's part of the report: timeline.csv, latency.csv, and ``--plot``'s picture.
+
+``timeline.csv``   one row per 10 seconds of each pass: requests, admitted, refused, errors,
+                   numbers deleted, pace held, latency p50/p99, requests in flight, paused
+``latency.csv``    count, mean, p50/p90/p95/p99 and max round trip, per outcome; and the wait
+                   for the pacer's turn
+``timeline.png``   (``ozbulk report --plot``, needs ``ozbulk[plot]``): the rate held against
+                   requests admitted and refused per second, and latency p50/p99, over time, with
+                   each pass marked
+
+Everything comes from the checkpoint, so it works on a run in progress, stopped or finished.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime
+import importlib.util
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from engine.checkpoint import Checkpoint
+from engine.errors import UsageError
+from engine.telemetry import BUCKET_S, OUTCOMES, PHASES, TIMELINE_FIELDS, Telemetry, summarize
+
+TELEMETRY_FILES = ("timeline.csv", "latency.csv")
+PLOT_NAME = "timeline.png"
+PLOT_INSTALL = "pip install 'ozbulk[plot]'"
+PLOT_HELP = f"rate and latency over time; needs {PLOT_INSTALL}"
+LATENCY_COLUMNS = ("count", "mean_ms", "p50_ms", "p90_ms", "p95_ms", "p99_ms", "max_ms")
+
+
+def write_telemetry_files(checkpoint: Checkpoint, out: Path) -> None:
+    rows = checkpoint.timeline_rows()
+    _write_csv(
+        out / "timeline.csv",
+        ["time", "pass", *TIMELINE_FIELDS],
+        ([_iso(start), number, *(data.get(name) for name in TIMELINE_FIELDS)]
+         for start, number, data in rows),
+    )  # fmt: skip
+    telemetry = Telemetry(checkpoint.meta("telemetry"))
+    series = [(outcome, telemetry.latency[outcome]) for outcome in OUTCOMES]
+    series.append(("pacer_wait", telemetry.pacer_wait))
+    _write_csv(
+        out / "latency.csv",
+        ["series", *LATENCY_COLUMNS],
+        ([name, *(histogram.figures().get(column, "") for column in LATENCY_COLUMNS)]
+         for name, histogram in series),
+    )  # fmt: skip
+
+
+def _iso(stamp: float) -> str:
+    return datetime.datetime.fromtimestamp(stamp, datetime.UTC).isoformat(timespec="seconds")
+
+
+def _write_csv(path: Path, header: list[str], rows: Iterable[list[Any]]) -> None:
+    temporary = path.with_name(f".{path.name}.tmp")
+    with temporary.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(header)
+        writer.writerows(["" if value is None else value for value in row] for row in rows)
+    os.replace(temporary, path)
+
+
+# -- the picture ------------------------------------------------------------------------------
+def plot_for(path: Path, out: Path) -> int:
+    """``ozbulk report --plot``: draw the timeline of the checkpoint at ``path`` into ``out``."""
+    if importlib.util.find_spec("matplotlib") is None:
+        raise UsageError(f"--plot needs matplotlib: {PLOT_INSTALL}")
+    checkpoint = Checkpoint.read(path)
+    try:
+        rows = checkpoint.timeline_rows()
+    finally:
+        checkpoint.close()
+    if not rows:
+        raise UsageError(f"{path} holds no timeline yet (it was written before any request)")
+    target = draw(rows, out / PLOT_NAME)
+    print(f"plot written to {target}")
+    return 0
+
+
+def draw(rows: list[tuple[float, int, dict[str, Any]]], target: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display needed
+    import matplotlib.pyplot as plt
+
+    first = rows[0][0]
+    minutes = [(start - first + BUCKET_S / 2) / 60 for start, _, _ in rows]
+
+    def per_second(name: str) -> list[float]:
+        return [float(data.get(name) or 0) / BUCKET_S for _, _, data in rows]
+
+    def values(name: str) -> list[float]:
+        return [float("nan") if data.get(name) is None else data[name] for _, _, data in rows]
+
+    figure, (rates, latency) = plt.subplots(2, 1, sharex=True, figsize=(11, 7))
+    rates.plot(minutes, values("pace"), label="pace held", color="black", drawstyle="steps-mid")
+    rates.plot(minutes, per_second("admitted"), label="admitted/s", color="tab:green")
+    rates.plot(minutes, per_second("refused"), label="refused (too fast)/s", color="tab:orange")
+    rates.plot(minutes, per_second("errors"), label="errors/s", color="tab:red")
+    rates.set_ylabel("requests per second")
+    rates.set_title("ozbulk run timeline (10-second buckets)")
+    latency.plot(minutes, values("p50_ms"), label="p50", color="tab:blue")
+    latency.plot(minutes, values("p99_ms"), label="p99", color="tab:purple")
+    latency.set_yscale("log")
+    latency.set_ylabel("round trip (ms)")
+    latency.set_xlabel("minutes since the run's first request")
+    for axes in (rates, latency):
+        _mark_passes(axes, rows, minutes)
+        axes.grid(True, alpha=0.3)
+        axes.legend(loc="upper right", fontsize="small")
+    figure.tight_layout()
+    figure.savefig(target, dpi=100)
+    plt.close(figure)
+    return target
+
+
+def _mark_passes(axes: Any, rows: list[tuple[float, int, dict[str, Any]]], x: list[float]) -> None:
+    """A line and a label where each pass starts; paused buckets shaded."""
+    seen: set[int] = set()
+    for (_, number, data), at in zip(rows, x, strict=True):
+        if number not in seen:
+            seen.add(number)
+            start = at - BUCKET_S / 120
+            axes.axvline(start, color="grey", linestyle="--", linewidth=1)
+            if axes.get_subplotspec().is_first_row():
+                axes.annotate(
+                    f"pass {number}", (start, 1.0), xycoords=("data", "axes fraction"),
+                    xytext=(3, -12), textcoords="offset points", fontsize="small",
+                )  # fmt: skip
+        if data.get("paused_s"):
+            share = min(1.0, float(data["paused_s"]) / BUCKET_S)
+            axes.axvspan(at - BUCKET_S / 120, at + BUCKET_S / 120, color="tab:orange",
+                         alpha=0.15 * share + 0.05, linewidth=0)  # fmt: skip
+
+
+# -- lines for the summary and `ozbulk status` ----------------------------------------------
+def summary_lines(summary: dict[str, Any]) -> list[str]:
+    """Latency per outcome, answers, retries and where the time went, a line each."""
+    latency = summary.get("latency")
+    if not isinstance(latency, dict):
+        return []
+    lines = []
+    for outcome in (*OUTCOMES, "all"):
+        figures = latency.get(outcome) or {}
+        if figures.get("count"):
+            lines.append(
+                f"latency {outcome:<9} n={figures['count']:,} p50 {figures['p50_ms']} ms, "
+                f"p90 {figures['p90_ms']}, p95 {figures['p95_ms']}, p99 {figures['p99_ms']}, "
+                f"max {figures['max_ms']}"
+            )
+    wait = summary.get("pacer_wait") or {}
+    if wait.get("count"):
+        lines.append(f"pacer wait        p50 {wait['p50_ms']} ms, p99 {wait['p99_ms']} ms")
+    for key, title in (
+        ("answers_by_status", "answers (HTTP)"),
+        ("answers_by_kind", "answers (kind)"),
+        ("retries_by_cause", "retries"),
+    ):
+        counts = summary.get(key) or {}
+        if counts:
+            lines.append(f"{title:<17} " + ", ".join(f"{k} {v:,}" for k, v in counts.items()))
+    spent = summary.get("time_s") or {}
+    total = sum(spent.values())
+    if total > 0:
+        parts = [
+            f"{name.replace('_', ' ')} {spent[name]:.1f} s ({spent[name] / total:.0%})"
+            for name in PHASES
+            if spent.get(name, 0) >= 0.05
+        ]
+        lines.append("time went to      " + ", ".join(parts))
+    return lines
+
+
+def summarize_checkpoint(checkpoint: Checkpoint) -> dict[str, Any]:
+    return summarize(checkpoint.meta("telemetry"))
