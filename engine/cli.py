@@ -13,6 +13,7 @@ import logging
 import os
 import shlex
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -488,7 +489,7 @@ def cmd_delete(args: argparse.Namespace, argv: list[str]) -> int:
             checkpoint=checkpoint,
             progress=progress,
             handle_signals=True,
-            telemetry=observe,
+            telemetry=replace(observe, numbers_expected=plan.numbers),
         )
     )
     if settings.summary_json is not None:

@@ -48,8 +48,8 @@ def _histogram(
     return family
 
 
-def families(run: Run) -> list[Metric]:
-    """Every metric of the run, as of now."""
+def families(run: Run, expected: int | None = None) -> list[Metric]:
+    """Every metric of the run, as of now; ``expected`` numbers until the input is all read."""
     telemetry, pacer = run.telemetry, run.pacer
     result: list[Metric] = []
 
@@ -97,7 +97,7 @@ def families(run: Run) -> list[Metric]:
           None if limit is None else limit.per_second)  # fmt: skip
     gauge("ozbulk_in_flight", "Requests in flight", float(telemetry.in_flight))
     figures = snapshot(run)
-    total, done = figures["numbers_total"], figures["numbers_done"]
+    total, done = figures["numbers_total"] or expected, figures["numbers_done"]
     ratio = None if not total else min(1.0, done / total)
     gauge("ozbulk_input_progress_ratio", "Share of the input's numbers with a result", ratio)
     speed = figures["numbers_per_s"]
@@ -119,8 +119,9 @@ class RunCollector(Collector):
 class MetricsServer:
     """The registry, its HTTP server (if asked for) and the textfile writer."""
 
-    def __init__(self, run: Run) -> None:
+    def __init__(self, run: Run, expected: int | None = None) -> None:
         self.run = run
+        self.expected = expected
         self.collector = RunCollector()
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self.collector)
@@ -139,7 +140,7 @@ class MetricsServer:
         return int(server.server_port)
 
     def refresh(self) -> None:
-        self.collector.latest = families(self.run)
+        self.collector.latest = families(self.run, self.expected)
 
     def write_textfile(self, path: Path) -> None:
         """Rewrite ``path`` for node_exporter's textfile collector (written aside, renamed in)."""

@@ -26,7 +26,13 @@ from typing import Any
 from engine.checkpoint import Checkpoint, fingerprint
 from engine.telemetry_report import TELEMETRY_FILES, summarize_checkpoint, write_telemetry_files
 
-REPORT_FILES = ("summary.json", "errors.csv", "rejected.csv", "failed_chunks.csv", "in_doubt.csv")
+REPORT_FILES: tuple[str, ...] = (
+    "summary.json",
+    "errors.csv",
+    "rejected.csv",
+    "failed_chunks.csv",
+    "in_doubt.csv",
+)
 REPORT_FILES += TELEMETRY_FILES  # timeline.csv, latency.csv: see engine.telemetry_report
 
 

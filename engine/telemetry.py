@@ -115,6 +115,8 @@ class LogHistogram:
         if self.total == 0:
             return None
         rank = max(1, math.ceil(self.total * percent / 100))
+        if rank >= self.total:
+            return self.max  # known exactly
         seen = 0
         for index, count in enumerate(self.counts):
             seen += count

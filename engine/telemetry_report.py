@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import csv
 import datetime
-import importlib.util
 import os
 from collections.abc import Iterable
 from pathlib import Path
@@ -67,8 +66,10 @@ def _write_csv(path: Path, header: list[str], rows: Iterable[list[Any]]) -> None
 # -- the picture ------------------------------------------------------------------------------
 def plot_for(path: Path, out: Path) -> int:
     """``ozbulk report --plot``: draw the timeline of the checkpoint at ``path`` into ``out``."""
-    if importlib.util.find_spec("matplotlib") is None:
-        raise UsageError(f"--plot needs matplotlib: {PLOT_INSTALL}")
+    try:
+        import matplotlib  # noqa: F401 - the optional extra, only for --plot
+    except ImportError:
+        raise UsageError(f"--plot needs matplotlib: {PLOT_INSTALL}") from None
     checkpoint = Checkpoint.read(path)
     try:
         rows = checkpoint.timeline_rows()
