@@ -242,12 +242,14 @@ class TimelineBucket:
             "p99_ms": _ms(self.latency.percentile(99)),
             "in_flight": round(self.in_flight_sum / self.samples, 2) if self.samples else 0.0,
             "paused_s": round(self.paused_samples * SAMPLE_S, 1),
+            # The part of the bucket this pass covered (a pass starts and ends mid-bucket).
+            "seconds": round(min(BUCKET_S, self.samples * SAMPLE_S), 1),
         }
 
 
 TIMELINE_FIELDS = (
     "requests", "admitted", "refused", "errors", "deleted", "pace", "p50_ms", "p99_ms",
-    "in_flight", "paused_s",
+    "in_flight", "paused_s", "seconds",
 )  # fmt: skip
 
 

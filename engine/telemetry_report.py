@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import datetime
+import math
 import os
 from collections.abc import Iterable
 from pathlib import Path
@@ -89,53 +90,69 @@ def draw(rows: list[tuple[float, int, dict[str, Any]]], target: Path) -> Path:
     import matplotlib.pyplot as plt
 
     first = rows[0][0]
-    minutes = [(start - first + BUCKET_S / 2) / 60 for start, _, _ in rows]
-
-    def per_second(name: str) -> list[float]:
-        return [float(data.get(name) or 0) / BUCKET_S for _, _, data in rows]
-
-    def values(name: str) -> list[float]:
-        return [float("nan") if data.get(name) is None else data[name] for _, _, data in rows]
-
     figure, (rates, latency) = plt.subplots(2, 1, sharex=True, figsize=(11, 7))
-    rates.plot(minutes, values("pace"), label="pace held", color="black", drawstyle="steps-mid")
-    rates.plot(minutes, per_second("admitted"), label="admitted/s", color="tab:green")
-    rates.plot(minutes, per_second("refused"), label="refused (too fast)/s", color="tab:orange")
-    rates.plot(minutes, per_second("errors"), label="errors/s", color="tab:red")
+    passes = sorted({number for _, number, _ in rows})
+    for order, number in enumerate(passes):
+        # Each pass its own segments: a line never joins the end of one pass to the next.
+        mine = [(start, data) for start, pass_number, data in rows if pass_number == number]
+        x = [(start - first + BUCKET_S / 2) / 60 for start, _ in mine]
+        hide = "" if order == 0 else "_"  # matplotlib leaves "_" labels out of the legend
+
+        def per_second(name: str, mine: list[tuple[float, dict[str, Any]]] = mine) -> list[float]:
+            # Over the part of the bucket the pass covered, not all 10 s of it.
+            return [float(data.get(name) or 0) / max(float(data.get("seconds") or BUCKET_S), 1.0)
+                    for _, data in mine]  # fmt: skip
+
+        def values(name: str, mine: list[tuple[float, dict[str, Any]]] = mine) -> list[float]:
+            return [math.nan if data.get(name) is None else float(data[name]) for _, data in mine]
+
+        rates.plot(
+            x, values("pace"), color="black", drawstyle="steps-mid", label=hide + "pace held"
+        )
+        for name, text, color in (("admitted", "admitted", "tab:green"),
+                                  ("refused", "refused (too fast)", "tab:orange"),
+                                  ("errors", "errors", "tab:red")):  # fmt: skip
+            rates.plot(x, per_second(name), color=color, marker="o", markersize=3,
+                       label=hide + f"{text} per second")  # fmt: skip
+        latency.plot(x, values("p50_ms"), color="tab:blue", marker="o", markersize=3,
+                     label=hide + "p50")  # fmt: skip
+        latency.plot(x, values("p99_ms"), color="tab:purple", marker="o", markersize=3,
+                     label=hide + "p99")  # fmt: skip
     rates.set_ylabel("requests per second")
     rates.set_title("ozbulk run timeline (10-second buckets)")
-    latency.plot(minutes, values("p50_ms"), label="p50", color="tab:blue")
-    latency.plot(minutes, values("p99_ms"), label="p99", color="tab:purple")
     latency.set_yscale("log")
     latency.set_ylabel("round trip (ms)")
     latency.set_xlabel("minutes since the run's first request")
     for axes in (rates, latency):
-        _mark_passes(axes, rows, minutes)
+        _mark_passes(axes, rows, first)
         axes.grid(True, alpha=0.3)
-        axes.legend(loc="upper right", fontsize="small")
+        axes.legend(loc="best", fontsize="small", framealpha=0.8)
     figure.tight_layout()
     figure.savefig(target, dpi=100)
     plt.close(figure)
     return target
 
 
-def _mark_passes(axes: Any, rows: list[tuple[float, int, dict[str, Any]]], x: list[float]) -> None:
-    """A line and a label where each pass starts; paused buckets shaded."""
+def _mark_passes(axes: Any, rows: list[tuple[float, int, dict[str, Any]]], first: float) -> None:
+    """A dashed line and a label where each pass starts; the seconds paused by the server shaded."""
     seen: set[int] = set()
-    for (_, number, data), at in zip(rows, x, strict=True):
+    shaded = False
+    for start, number, data in rows:
+        left = (start - first) / 60
         if number not in seen:
             seen.add(number)
-            start = at - BUCKET_S / 120
-            axes.axvline(start, color="grey", linestyle="--", linewidth=1)
+            axes.axvline(left, color="grey", linestyle="--", linewidth=1)
             if axes.get_subplotspec().is_first_row():
                 axes.annotate(
-                    f"pass {number}", (start, 1.0), xycoords=("data", "axes fraction"),
+                    f"pass {number}", (left, 1.0), xycoords=("data", "axes fraction"),
                     xytext=(3, -12), textcoords="offset points", fontsize="small",
                 )  # fmt: skip
-        if data.get("paused_s"):
-            share = min(1.0, float(data["paused_s"]) / BUCKET_S)
-            axes.axvspan(at - BUCKET_S / 120, at + BUCKET_S / 120, color="tab:orange",
-                         alpha=0.15 * share + 0.05, linewidth=0)  # fmt: skip
+        paused = float(data.get("paused_s") or 0)
+        if paused:
+            # As wide as the time paused, from the bucket's start: where in it is not kept.
+            axes.axvspan(left, left + paused / 60, color="tab:orange", alpha=0.2, linewidth=0,
+                         label="_" if shaded else "paused by the server")  # fmt: skip
+            shaded = True
 
 
 # -- lines for the summary and `ozbulk status` ----------------------------------------------
