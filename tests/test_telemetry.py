@@ -290,3 +290,17 @@ def test_the_request_log_has_a_line_per_request(tmp_path: Path, name: str) -> No
     assert rows[1][:8] == ["2023-11-14T22:13:20.000+00:00", "0", "1", "50.000", "1.000",
                            "success", "admitted", "success"]  # fmt: skip
     assert rows[-1][5:] == ["429", "refused", "rate_limited", "1.5", "10"]
+
+
+async def test_memory_stays_flat_over_a_long_run() -> None:
+    """Only the bucket being filled is kept once the collector has taken the timeline's rows."""
+    clock = Clock()
+    telemetry = Telemetry(clock=clock)
+    for _ in range(500):  # 500 buckets: about 83 minutes of run
+        await telemetry.request(answer(Verdict(1, [], 1)), 0, 1, 0.0)
+        telemetry.sample(0.1)
+        telemetry.timeline_updates()
+        clock.now += BUCKET_S
+    assert len(telemetry._dirty) <= 1
+    assert len(telemetry.to_json()["passes"]) == 1
+    assert all(len(h.counts) == len(LogHistogram().counts) for h in telemetry.latency.values())
