@@ -74,28 +74,40 @@ def plot_for(path: Path, out: Path) -> int:
     checkpoint = Checkpoint.read(path)
     try:
         rows = checkpoint.timeline_rows()
+        stored = Telemetry(checkpoint.meta("telemetry"))
     finally:
         checkpoint.close()
     if not rows:
         raise UsageError(f"{path} holds no timeline yet (it was written before any request)")
-    target = draw(rows, out / PLOT_NAME)
+    starts = {
+        int(item["pass"]): float(item["started_at"])
+        for item in stored.passes
+        if isinstance(item.get("pass"), int) and isinstance(item.get("started_at"), int | float)
+    }
+    target = draw(rows, out / PLOT_NAME, starts)
     print(f"plot written to {target}")
     return 0
 
 
-def draw(rows: list[tuple[float, int, dict[str, Any]]], target: Path) -> Path:
+def draw(
+    rows: list[tuple[float, int, dict[str, Any]]],
+    target: Path,
+    starts: dict[int, float] | None = None,
+) -> Path:
+    """Draw the timeline into ``target``; ``starts`` are the passes' wall-clock start times."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only: no display needed
     import matplotlib.pyplot as plt
 
-    first = rows[0][0]
+    starts = starts or {}
+    first = min(starts.values()) if starts else rows[0][0]  # the first pass's start: x = 0
     figure, (rates, latency) = plt.subplots(2, 1, sharex=True, figsize=(11, 7))
     passes = sorted({number for _, number, _ in rows})
     for order, number in enumerate(passes):
         # Each pass its own segments: a line never joins the end of one pass to the next.
         mine = [(start, data) for start, pass_number, data in rows if pass_number == number]
-        x = [(start - first + BUCKET_S / 2) / 60 for start, _ in mine]
+        x = [(_middle(start, data, starts.get(number, start)) - first) / 60 for start, data in mine]
         hide = "" if order == 0 else "_"  # matplotlib leaves "_" labels out of the legend
 
         def per_second(name: str, mine: list[tuple[float, dict[str, Any]]] = mine) -> list[float]:
@@ -122,9 +134,9 @@ def draw(rows: list[tuple[float, int, dict[str, Any]]], target: Path) -> Path:
     rates.set_title("ozbulk run timeline (10-second buckets)")
     latency.set_yscale("log")
     latency.set_ylabel("round trip (ms)")
-    latency.set_xlabel("minutes since the run's first request")
+    latency.set_xlabel("minutes since the run began")
     for axes in (rates, latency):
-        _mark_passes(axes, rows, first)
+        _mark_passes(axes, rows, first, starts)
         axes.grid(True, alpha=0.3)
         axes.legend(loc="best", fontsize="small", framealpha=0.8)
     figure.tight_layout()
@@ -133,7 +145,15 @@ def draw(rows: list[tuple[float, int, dict[str, Any]]], target: Path) -> Path:
     return target
 
 
-def _mark_passes(axes: Any, rows: list[tuple[float, int, dict[str, Any]]], first: float) -> None:
+def _middle(start: float, data: dict[str, Any], pass_started: float) -> float:
+    """The middle of the part of a bucket a pass covered: a pass starts and ends mid-bucket."""
+    covered = float(data.get("seconds") or BUCKET_S)
+    return max(start, min(pass_started, start + BUCKET_S - covered)) + covered / 2
+
+
+def _mark_passes(
+    axes: Any, rows: list[tuple[float, int, dict[str, Any]]], first: float, starts: dict[int, float]
+) -> None:
     """A dashed line and a label where each pass starts; the seconds paused by the server shaded."""
     seen: set[int] = set()
     shaded = False
@@ -141,16 +161,20 @@ def _mark_passes(axes: Any, rows: list[tuple[float, int, dict[str, Any]]], first
         left = (start - first) / 60
         if number not in seen:
             seen.add(number)
-            axes.axvline(left, color="grey", linestyle="--", linewidth=1)
+            # The pass's own start when known; else its first bucket's.
+            at = max(left, (starts.get(number, start) - first) / 60)
+            axes.axvline(at, color="grey", linestyle="--", linewidth=1)
             if axes.get_subplotspec().is_first_row():
                 axes.annotate(
-                    f"pass {number}", (left, 1.0), xycoords=("data", "axes fraction"),
+                    f"pass {number}", (at, 1.0), xycoords=("data", "axes fraction"),
                     xytext=(3, -12), textcoords="offset points", fontsize="small",
                 )  # fmt: skip
         paused = float(data.get("paused_s") or 0)
         if paused:
-            # As wide as the time paused, from the bucket's start: where in it is not kept.
-            axes.axvspan(left, left + paused / 60, color="tab:orange", alpha=0.2, linewidth=0,
+            # As wide as the time paused, centred in the bucket: where in it is not kept.
+            middle = (_middle(start, data, starts.get(number, start)) - first) / 60
+            axes.axvspan(middle - paused / 120, middle + paused / 120, color="tab:orange",
+                         alpha=0.2, linewidth=0,
                          label="_" if shaded else "paused by the server")  # fmt: skip
             shaded = True
 
