@@ -108,7 +108,7 @@ def describe(checkpoint: Checkpoint) -> dict[str, Any]:
 
 _TELEMETRY_KEYS = (
     "latency", "pacer_wait", "answers_by_status", "answers_by_kind", "retries_by_cause",
-    "backoff_s", "time_s",
+    "backoff_s", "time_s", "pacer",
 )  # fmt: skip
 
 

@@ -466,12 +466,15 @@ class Telemetry:
         return [(start, self.pass_number, bucket.row()) for start, bucket in dirty.items()]
 
     def this_pass(self) -> dict[str, Any]:
-        return {
+        figures: dict[str, Any] = {
             "pass": self.pass_number,
             "started_at": round(self.started, 3),
             "ended_at": round(self._wall(), 3),
             "time_s": {name: round(value, 2) for name, value in self.pass_phases.items()},
         }
+        if self.pacer is not None:
+            figures["pacer"] = pacer_figures(self.pacer)
+        return figures
 
     def to_json(self) -> dict[str, Any]:
         """What the checkpoint keeps (meta ``telemetry``): every figure, earlier passes included."""
@@ -489,10 +492,10 @@ class Telemetry:
         }
 
     def summary(self) -> dict[str, Any]:
-        return summarize(self.to_json(), pacer=self.pacer)
+        return summarize(self.to_json())
 
 
-def summarize(stored: object, pacer: Pacer | None = None) -> dict[str, Any]:
+def summarize(stored: object) -> dict[str, Any]:
     """The figures summary.json and ``ozbulk status`` show, from what the checkpoint keeps."""
     telemetry = Telemetry(stored)
     latency = {outcome: telemetry.latency[outcome].figures() for outcome in OUTCOMES}
@@ -509,14 +512,27 @@ def summarize(stored: object, pacer: Pacer | None = None) -> dict[str, Any]:
         "backoff_s": round(telemetry.backoff_s, 3),
         "time_s": {name: round(value, 2) for name, value in telemetry.phases.items()},
     }
-    if pacer is not None:
-        limit = pacer.limit
+    # The pacer's decisions, pass by pass (each pass has a pacer of its own), and in all.
+    passes = [item["pacer"] for item in telemetry.passes if isinstance(item.get("pacer"), dict)]
+    if passes:
         result["pacer"] = {
-            "rate": pacer.rate,
-            "decreases": pacer.decreases,
-            "pauses": pacer.pauses,
-            "probes": pacer.probes,
-            "paused_s": round(pacer.paused_s, 3),
-            "limit": None if limit is None else limit.describe(),
+            key: round(sum(float(item.get(key) or 0) for item in passes), 3)
+            for key in ("decreases", "pauses", "probes", "paused_s")
         }
+        result["pacer"].update(
+            rate=passes[-1].get("rate"), limit=passes[-1].get("limit"), passes=len(passes)
+        )
     return result
+
+
+def pacer_figures(pacer: Pacer) -> dict[str, Any]:
+    """What the pacer decided this pass: pauses after refusals, probes, the limit it learned."""
+    limit = pacer.limit
+    return {
+        "rate": pacer.rate,
+        "decreases": pacer.decreases,
+        "pauses": pacer.pauses,
+        "probes": pacer.probes,
+        "paused_s": round(pacer.paused_s, 3),
+        "limit": None if limit is None else limit.describe(),
+    }

@@ -197,6 +197,13 @@ def summary_lines(summary: dict[str, Any]) -> list[str]:
     wait = summary.get("pacer_wait") or {}
     if wait.get("count"):
         lines.append(f"pacer wait        p50 {wait['p50_ms']} ms, p99 {wait['p99_ms']} ms")
+    pacer = summary.get("pacer") or {}
+    if pacer.get("decreases") or pacer.get("probes"):
+        lines.append(
+            f"pacer             {pacer['decreases']:g} pauses after a refusal "
+            f"({pacer['pauses']:g} with Retry-After), {pacer['paused_s']:g} s paused, "
+            f"{pacer['probes']:g} probes"
+        )
     for key, title in (
         ("answers_by_status", "answers (HTTP)"),
         ("answers_by_kind", "answers (kind)"),

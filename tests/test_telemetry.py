@@ -22,7 +22,9 @@ from engine.errors import (
     ServerError,
     TokenRejected,
     TransportError,
+    UsageError,
 )
+from engine.exporters import TelemetryOptions
 from engine.request_log import HEADER, RequestLog
 from engine.telemetry import (
     BUCKET_S,
@@ -33,6 +35,7 @@ from engine.telemetry import (
     status_of,
     summarize,
 )
+from engine.telemetry_report import summary_lines
 
 
 def exact_percentile(values: list[float], percent: float) -> float:
@@ -220,6 +223,8 @@ def test_figures_stored_by_an_earlier_pass_are_carried_on() -> None:
 class FakePacer:
     rate: float | None = 10.0
     waiting_until: float | None = None
+    limit = None
+    decreases, pauses, probes, paused_s = 2, 1, 5, 3.5
 
 
 def test_each_moment_of_the_run_is_given_to_one_phase() -> None:
@@ -304,3 +309,30 @@ async def test_memory_stays_flat_over_a_long_run() -> None:
     assert len(telemetry._dirty) <= 1
     assert len(telemetry.to_json()["passes"]) == 1
     assert all(len(h.counts) == len(LogHistogram().counts) for h in telemetry.latency.values())
+
+
+def test_the_pacers_decisions_are_kept_per_pass_and_added_up() -> None:
+    """Each pass has a pacer of its own: pauses, probes and seconds paused add up across them."""
+    first = Telemetry(pass_number=1)
+    first.pacer = FakePacer()  # type: ignore[assignment]
+    second = Telemetry(first.to_json(), pass_number=2)
+    second.pacer = FakePacer()  # type: ignore[assignment]
+    second.pacer.rate = 4.0
+    pacer = second.summary()["pacer"]
+    assert pacer == {"decreases": 4, "pauses": 2, "probes": 10, "paused_s": 7.0, "rate": 4.0,
+                     "limit": None, "passes": 2}  # fmt: skip
+    assert any("4 pauses after a refusal" in line for line in summary_lines(second.summary()))
+
+
+def test_telemetry_options_are_checked_before_anything_is_sent(tmp_path: Path) -> None:
+    """A port out of range or a folder that does not exist: UsageError saying the fix."""
+    with pytest.raises(UsageError, match=r"--metrics-port must be 0\.\.65535"):
+        TelemetryOptions(metrics_port=70000)
+    with pytest.raises(UsageError, match="does not exist; create it first"):
+        TelemetryOptions(request_log=tmp_path / "no" / "log.csv")
+    with pytest.raises(UsageError, match="--metrics-textfile"):
+        TelemetryOptions(metrics_textfile=tmp_path / "no" / "m.prom")
+    hosts = {"127.0.0.1": True, "::1": True, "localhost": True, "0.0.0.0": False,
+             "10.1.2.3": False, "example.org": False}  # fmt: skip
+    for host, loopback in hosts.items():
+        assert TelemetryOptions(metrics_host=host).loopback_only is loopback
