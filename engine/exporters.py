@@ -9,7 +9,6 @@ imported only when one of the first two is.
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,6 +66,8 @@ class TelemetryOptions:
 
     @property
     def loopback_only(self) -> bool:
+        import ipaddress  # only when a host was given: a plain run does not need it
+
         try:
             return ipaddress.ip_address(self.metrics_host).is_loopback
         except ValueError:
