@@ -21,6 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from engine.mock import ThreadedMockServer
@@ -136,22 +137,26 @@ def test_the_textfile_holds_the_final_figures_and_nothing_half_written(
                                            "success": summary["chunks_done"]}  # fmt: skip
 
 
+@pytest.mark.slow
 def test_a_stopped_and_resumed_run_has_one_timeline_and_a_plot(
     fake_api: Callable[..., ThreadedMockServer],
     sample_csv: Callable[..., Path],
     run_cli: Callable[..., CliResult],
     tmp_path: Path,
 ) -> None:
-    """Pass 1 (stopped by SIGINT) and pass 2 both in timeline.csv; status shows latency; PNG."""
-    server = fake_api(latency_ms=20)
-    source = sample_csv(3000)
-    args = delete_args(server, source, batch_size=20, rate=30, checkpoint="c.ckpt",
-                       summary_json="s.json")  # fmt: skip
+    """A rate-limit phase stopped by SIGINT, resumed against a faulty server: one timeline."""
+    limited = fake_api(latency_ms=20, rate_limit=12)
+    faulty = fake_api(latency_ms=20, fault_rate=0.2, fault_kinds=("http_503",))
+    source = sample_csv(2000)
+    args = delete_args(limited, source, batch_size=20, checkpoint="c.ckpt", summary_json="s.json",
+                       backoff_base=0.01)  # fmt: skip
     run = spawn(tmp_path, args)
-    wait_until(lambda: server.stats()["delete_requests"] >= 20, timeout=30, what="requests")
+    wait_until(lambda: limited.stats()["rate_limited"] >= 1, timeout=30, what="a refusal")
+    wait_until(lambda: limited.stats()["delete_requests"] >= 40, timeout=30, what="requests")
     run.signal(signal.SIGINT)
     assert run.wait(timeout=30) == 130, run.output
-    resumed = run_cli(*args)
+    # The API host is no part of the run's identity: the resume goes to the faulty server.
+    resumed = run_cli(*[faulty.url if word == limited.url else word for word in args])
     assert resumed.returncode == 0, resumed.output
     assert "latency admitted" in resumed.stdout and "time went to" in resumed.stdout
 
@@ -160,6 +165,9 @@ def test_a_stopped_and_resumed_run_has_one_timeline_and_a_plot(
     with (tmp_path / "out" / "timeline.csv").open(newline="") as handle:
         rows = list(csv.DictReader(handle))
     assert {row["pass"] for row in rows} == {"1", "2"}
+    by_pass = {number: [row for row in rows if row["pass"] == number] for number in ("1", "2")}
+    assert sum(int(row["refused"]) for row in by_pass["1"]) == limited.stats()["rate_limited"]
+    assert sum(int(row["errors"]) for row in by_pass["2"]) == faulty.stats()["faults"]["http_503"]
     summary = read_summary(tmp_path / "s.json")
     assert sum(int(row["requests"]) for row in rows) == summary["requests"]
     assert sum(int(row["admitted"]) for row in rows) == summary["chunks_done"]
@@ -171,6 +179,8 @@ def test_a_stopped_and_resumed_run_has_one_timeline_and_a_plot(
     status = run_cli("status", "c.ckpt", "--json")
     telemetry = json.loads(status.stdout)["telemetry"]
     assert telemetry["latency"]["admitted"]["count"] == summary["chunks_done"]
+    assert telemetry["latency"]["refused"]["count"] == limited.stats()["rate_limited"]
+    assert telemetry["pacer"]["decreases"] >= 1 and telemetry["pacer"]["passes"] == 2
     assert "latency admitted" in run_cli("status", "c.ckpt").stdout
 
 
