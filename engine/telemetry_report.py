@@ -200,9 +200,9 @@ def summary_lines(summary: dict[str, Any]) -> list[str]:
     pacer = summary.get("pacer") or {}
     if pacer.get("decreases") or pacer.get("probes"):
         lines.append(
-            f"pacer             {pacer['decreases']:g} pauses after a refusal "
+            f"pacer             pauses after a refusal {pacer['decreases']:g} "
             f"({pacer['pauses']:g} with Retry-After), {pacer['paused_s']:g} s paused, "
-            f"{pacer['probes']:g} probes"
+            f"probes {pacer['probes']:g}"
         )
     for key, title in (
         ("answers_by_status", "answers (HTTP)"),

@@ -321,7 +321,8 @@ def test_the_pacers_decisions_are_kept_per_pass_and_added_up() -> None:
     pacer = second.summary()["pacer"]
     assert pacer == {"decreases": 4, "pauses": 2, "probes": 10, "paused_s": 7.0, "rate": 4.0,
                      "limit": None, "passes": 2}  # fmt: skip
-    assert any("4 pauses after a refusal" in line for line in summary_lines(second.summary()))
+    lines = summary_lines(second.summary())
+    assert any("pauses after a refusal 4 (2 with Retry-After)" in line for line in lines)
 
 
 def test_telemetry_options_are_checked_before_anything_is_sent(tmp_path: Path) -> None:
