@@ -56,6 +56,7 @@ class RequestLog:
         self._queue: queue.SimpleQueue[tuple[Any, ...] | None] = queue.SimpleQueue()
         self.dropped = 0
         self.written = 0
+        self.error: OSError | None = None
         self._thread = threading.Thread(target=self._write_all, name="request-log", daemon=True)
         self._thread.start()
 
@@ -71,23 +72,26 @@ class RequestLog:
         self._queue.put((when, chunk, attempt, seconds, wait, status, kind, retry_after, pace))
 
     def _write_all(self) -> None:
-        writer = csv.writer(self._file)
-        writer.writerow(HEADER)
         buffer = io.StringIO()
         lines = csv.writer(buffer)
+        lines.writerow(HEADER)
         while True:
             item = self._queue.get()
             batch = [item]
             while item is not _STOP and not self._queue.empty() and len(batch) < 10_000:
                 item = self._queue.get()
                 batch.append(item)
-            for entry in batch:
-                if entry is not _STOP:
-                    lines.writerow(_line(entry))
-            self._file.write(buffer.getvalue())
-            buffer.seek(0)
-            buffer.truncate()
-            self.written += len(batch) - (item is _STOP)
+            if self.error is None:
+                for entry in batch:
+                    if entry is not _STOP:
+                        lines.writerow(_line(entry))
+                try:
+                    self._file.write(buffer.getvalue())
+                except OSError as error:  # a full disk: the run goes on, the log stops here
+                    self.error = error
+                buffer.seek(0)
+                buffer.truncate()
+                self.written += len(batch) - (item is _STOP)
             if item is _STOP:
                 return
 
@@ -95,9 +99,18 @@ class RequestLog:
         """Write what is queued, then close the file (at the end of the run)."""
         self._queue.put(_STOP)
         self._thread.join()
-        if self.dropped:
-            self._file.write(f"# {self.dropped} lines dropped: the disk did not keep up\n")
-        self._file.close()
+        try:
+            if self.dropped and self.error is None:
+                self._file.write(f"# {self.dropped} lines dropped: the disk did not keep up\n")
+            self._file.close()
+        except OSError as error:
+            self.error = self.error or error
+        if self.error is not None:
+            log.error(
+                "--request-log %s: writing failed (%s); the run itself was not affected",
+                self.path,
+                self.error.strerror or self.error,
+            )
 
 
 def _line(entry: tuple[Any, ...]) -> list[Any]:

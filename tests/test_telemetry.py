@@ -337,3 +337,15 @@ def test_telemetry_options_are_checked_before_anything_is_sent(tmp_path: Path) -
              "10.1.2.3": False, "example.org": False}  # fmt: skip
     for host, loopback in hosts.items():
         assert TelemetryOptions(metrics_host=host).loopback_only is loopback
+
+
+def test_a_request_log_on_a_full_disk_stops_writing_and_says_so(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """/dev/full refuses every write: the log stops, close() reports it, nothing raises."""
+    log = RequestLog(Path("/dev/full"))
+    for index in range(20_000):  # more than one buffered write's worth
+        log.record(1_700_000_000.0, index, 1, 0.05, 0.0, "success", "success", None)
+    log.close()
+    assert log.error is not None
+    assert "--request-log /dev/full: writing failed" in caplog.text
