@@ -36,6 +36,7 @@ from engine.lazy import lazy_exports
 from engine.settings import InputSettings, RunSettings, Secret
 
 if TYPE_CHECKING:
+    from engine.exporters import TelemetryOptions  # read from engine.pipeline, which uses it
     from engine.pipeline import RunOutcome, StopControl, delete, open_checkpoint
 
 __version__ = "0.1.0"
@@ -43,7 +44,9 @@ __version__ = "0.1.0"
 # The pipeline (aiohttp, anyio, SQLite) is imported on first use, not with the package: the
 # producer process imports ``engine.producer_child`` and must start in milliseconds.
 __getattr__ = lazy_exports(
-    globals(), "engine.pipeline", ("RunOutcome", "StopControl", "delete", "open_checkpoint")
+    globals(),
+    "engine.pipeline",
+    ("RunOutcome", "StopControl", "delete", "open_checkpoint", "TelemetryOptions"),
 )
 
 
@@ -65,6 +68,7 @@ __all__ = [
     "RunSettings",
     "Secret",
     "StopControl",
+    "TelemetryOptions",
     "UsageError",
     "__version__",
     "delete",

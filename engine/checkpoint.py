@@ -113,6 +113,14 @@ RUN_MARKER = "run.json"
 # The only names a producer_states row may give: a crafted row cannot point outside the folder.
 STATE_NAME = re.compile(r"state-[0-9]{1,18}\.ozstate")
 STATE_FILE = re.compile(r"state-([0-9]{1,18})\.ozstate(?:\.partial)?")
+# The run's 10-second timeline (engine.telemetry), one row per bucket and pass. Created by the
+# first write that needs it rather than by a schema version: nothing depends on it being there
+# (a reader finds no rows), and an older ozbulk that reads schema 2 ignores a table it does not
+# know, so adding it needs no migration.
+_TIMELINE = (
+    "CREATE TABLE IF NOT EXISTS timeline "
+    "(start REAL NOT NULL, pass INTEGER NOT NULL, data TEXT NOT NULL, PRIMARY KEY (start, pass))"
+)
 
 
 def states_dir(path: Path) -> Path:
@@ -422,11 +430,13 @@ class Checkpoint:
         input_counts: dict[str, Any] | None = None,
         producer_state: tuple[int, str] | None = None,
         unsettled: dict[str, Any] | None = None,
+        telemetry: tuple[dict[str, Any], list[tuple[float, int, dict[str, Any]]]] | None = None,
     ) -> None:
         """Commit a batch of outcomes in one transaction: all of them survive a crash, or none.
 
         ``unsettled`` is what the collector knows of the chunks sent but not recorded (see
         :mod:`engine.collector`), stored with the outcomes it was computed against.
+        ``telemetry`` is (the run's figures, timeline rows changed since the last commit).
 
         ``producer_state`` is (next chunk id, file name in :func:`states_dir`): recorded with
         the rejects read before it, so a resume that starts from it has every earlier reject.
@@ -470,10 +480,22 @@ class Checkpoint:
                         (STATES_KEPT,),
                     )
                 self._set_meta(counters=counters, updated_at=now)
+                if telemetry is not None:
+                    self._write_telemetry(*telemetry)
             if producer_state is not None:
                 self._prune_states()
 
         self._guard(write)
+
+    def _write_telemetry(
+        self, figures: dict[str, Any], rows: list[tuple[float, int, dict[str, Any]]]
+    ) -> None:
+        self._db.execute(_TIMELINE)
+        self._db.executemany(
+            "INSERT OR REPLACE INTO timeline VALUES (?, ?, ?)",
+            [(start, number, json.dumps(data)) for start, number, data in rows],
+        )
+        self._set_meta(telemetry=figures)
 
     def _prune_states(self) -> None:
         """Remove state files no longer recorded, but not those the producer wrote ahead.
@@ -595,6 +617,14 @@ class Checkpoint:
         cursor = self._db.cursor()
         cursor.row_factory = sqlite3.Row
         yield from cursor.execute(f"SELECT * FROM chunks WHERE {where} ORDER BY id")
+
+    def timeline_rows(self) -> list[tuple[float, int, dict[str, Any]]]:
+        """The run's timeline, (bucket start, pass, figures) in time order; [] if none kept."""
+        try:
+            rows = self._db.execute("SELECT start, pass, data FROM timeline ORDER BY start, pass")
+            return [(start, number, json.loads(data)) for start, number, data in rows]
+        except sqlite3.OperationalError:  # no such table: written before telemetry, or empty
+            return []
 
     def reject_rows(self) -> Iterator[tuple[int, int, str, str]]:
         yield from self._db.execute(

@@ -15,12 +15,13 @@ import re
 import shlex
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, NoReturn
 
 import anyio
 
-from engine import interruption
+from engine import exporters, interruption
 from engine import settings as defaults
 from engine.config import config_path, layer_defaults
 from engine.errors import InputFailedMidRun, OzbulkError, UsageError
@@ -36,6 +37,7 @@ from engine.report import default_report_dir, render_summary
 from engine.settings import InputSettings, RunSettings, Secret
 from engine.source import CsvSource, check_input_path
 from engine.status import show_status, write_report_for
+from engine.telemetry_report import PLOT_HELP, PLOT_NAME, plot_for
 
 log = logging.getLogger("engine")
 
@@ -319,6 +321,7 @@ def _add_delete_options(run: argparse.ArgumentParser) -> None:
         action="store_true",
         help="no live bar: a progress log line every 10 s instead",
     )
+    exporters.add_arguments(run)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -362,6 +365,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     report.add_argument("checkpoint", type=Path)
     report.add_argument("--out", type=Path, required=True, help="folder for the report files")
+    report.add_argument("--plot", action="store_true", help=f"also draw {PLOT_NAME} ({PLOT_HELP})")
     sample = commands.add_parser(
         "sample", parents=[common], help="write a realistic sample CSV of phone numbers"
     )
@@ -642,6 +646,7 @@ def cmd_delete(args: argparse.Namespace, argv: list[str], sources: dict[str, str
     if args.dry_run:
         return _dry_run(settings, as_json=as_json)
     settings.require_api_key()
+    observe = exporters.options_from_args(args)
     story.info("ozbulk %s: delete, settings %s", package_version(),
                json.dumps(display_settings(settings), default=str))  # fmt: skip
     with _source_logs_once():
@@ -661,7 +666,13 @@ def cmd_delete(args: argparse.Namespace, argv: list[str], sources: dict[str, str
     progress = _progress(args, plan)
     interruption.sending_begins(settings.checkpoint)
     outcome = anyio.run(
-        lambda: delete(settings, checkpoint=checkpoint, progress=progress, handle_signals=True)
+        lambda: delete(
+            settings,
+            checkpoint=checkpoint,
+            progress=progress,
+            handle_signals=True,
+            telemetry=replace(observe, numbers_expected=plan.numbers),
+        )
     )
     _write_summary_json(settings.summary_json, outcome.summary)
     to_stdout = settings.summary_json is not None and str(settings.summary_json) == "-"
@@ -843,7 +854,8 @@ def _dispatch(args: argparse.Namespace, argv: list[str], sources: dict[str, str]
     if command == "status":
         return show_status(args.checkpoint, as_json=args.json)
     if command == "report":
-        return write_report_for(args.checkpoint, args.out)
+        code = write_report_for(args.checkpoint, args.out)
+        return plot_for(args.checkpoint, args.out) if args.plot else code
     raise AssertionError(f"unhandled command {command}")
 
 

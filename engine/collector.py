@@ -51,6 +51,7 @@ from engine.errors import CircuitOpen
 from engine.guard import COUNTER_KEY as GUARD_KEY
 from engine.guard import NotFoundGuard
 from engine.limits import Limit
+from engine.telemetry import Telemetry
 from engine.workers import ChunkResult, LiveStats
 
 log = logging.getLogger(__name__)
@@ -131,6 +132,7 @@ class Collector:
         commit_interval: float,
         horizon_step: int,
         server_limit: Callable[[], Limit | None] = lambda: None,
+        telemetry: Telemetry | None = None,
     ) -> None:
         self.checkpoint = checkpoint
         self.stats = stats
@@ -142,6 +144,8 @@ class Collector:
         self._interval = commit_interval
         self._horizon_step = horizon_step
         self._server_limit = server_limit
+        self.telemetry = telemetry
+        self._horizon = checkpoint.meta("horizon", 0)
         # Chunks recorded as failed by an earlier pass: resending one replaces its old outcome.
         self._failed_before = checkpoint.ids(FAILED)
         self._failed_in_doubt = checkpoint.ids(FAILED, in_doubt=True)
@@ -275,7 +279,7 @@ class Collector:
                 await anyio.to_thread.run_sync(
                     partial(self.checkpoint.record, records, rejects, counters,
                             input_counts=input_counts, producer_state=state,
-                            unsettled=unsettled)
+                            unsettled=unsettled, telemetry=self._telemetry_update())
                 )  # fmt: skip
             except BaseException:
                 self._records[:0], self._rejects[:0] = records, rejects  # not committed: keep
@@ -375,9 +379,14 @@ class Collector:
             self._records, self._rejects, self.counters(), input_counts=self._input_update(),
             producer_state=self._producer_state,
             unsettled=self._unsettled(self._uncommitted - committed),
+            telemetry=self._telemetry_update(),
         )  # fmt: skip
         self._records, self._rejects, self._producer_state = [], [], None
         self._uncommitted -= committed
+
+    def _telemetry_update(self) -> tuple[dict[str, Any], list[Any]] | None:
+        telemetry = self.telemetry
+        return None if telemetry is None else (telemetry.to_json(), telemetry.timeline_updates())
 
     def _input_update(self) -> dict[str, Any] | None:
         """What the input holds, if it says more than the checkpoint already knows."""

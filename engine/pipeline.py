@@ -39,6 +39,7 @@ from engine.checkpoint import (
 from engine.client import OzonetelClient
 from engine.collector import CircuitBreaker, Collector
 from engine.errors import CheckpointWriteError, InputError, InputFailedMidRun, OzbulkError
+from engine.exporters import Exporters, TelemetryOptions
 from engine.guard import COUNTER_KEY as GUARD_KEY
 from engine.guard import FirstContact, NotFoundGuard
 from engine.limits import Limit, describe_limit
@@ -48,6 +49,7 @@ from engine.producer_process import ProducerInProcess, ProducerProcess, Selectio
 from engine.redact import REDACTOR
 from engine.report import default_report_dir, write_report
 from engine.settings import RunSettings
+from engine.telemetry import Telemetry
 from engine.workers import ChunkResult, LiveStats, WorkerContext, worker
 
 log = logging.getLogger(__name__)
@@ -133,6 +135,10 @@ class Run:
             prior=Limit.from_json(counters.get("server_limit")),
             unit=settings.rate_per,
         )
+        self.telemetry = Telemetry(
+            checkpoint.meta("telemetry"), pass_number=counters.get("passes", 0) + 1
+        )
+        self.telemetry.pacer = self.pacer
         self.done = checkpoint.ids(DONE)
         self.failed_before = checkpoint.ids(FAILED)
         counters = checkpoint.meta("counters", {}) or {}
@@ -153,10 +159,12 @@ class Run:
             commit_interval=settings.commit_interval,
             horizon_step=horizon_step(settings.concurrency),
             server_limit=lambda: self.pacer.limit,
+            telemetry=self.telemetry,
         )
         self.collector.load_totals()
         self.source = self._chunk_source()
         self.collector.input_counts = self.source.counts  # stored for `ozbulk status`
+        self.telemetry.input_finished = lambda: self.source.counts.finished
         self.stopping = anyio.Event()
         self.started = time.monotonic()
         # Results merged but never committed (the checkpoint stopped taking writes): they are
@@ -256,12 +264,15 @@ class Run:
                 stopping=self.stopping,
                 on_send=self.collector.sending,
                 first_contact=FirstContact(settings.url),
+                telemetry=self.telemetry,
             )
+            self.telemetry.queued = lambda: chunks_tx.statistics().current_buffer_used
             try:
                 async with anyio.create_task_group() as group:
                     if stop is not None:
                         stop.subscribe(lambda: self._on_stop(stop, group.cancel_scope))
                     group.start_soon(self.produce, chunks_tx)
+                    group.start_soon(self.telemetry.run)
                     with chunks_rx, results_tx:
                         for _ in range(settings.concurrency):
                             group.start_soon(worker, chunks_rx.clone(), results_tx.clone(), context)
@@ -279,6 +290,8 @@ class Run:
                     raise
             except OzbulkError as single:
                 error = single
+        self.telemetry.sample_now()
+        self.telemetry.finished = True
         try:
             # Every task has ended: no request is in flight, so what is in doubt is exact.
             self.collector.settle()
@@ -357,7 +370,12 @@ class Run:
             "complete": bool(complete),
             "checkpoint": str(self.checkpoint.path),
             "fingerprint": fingerprint(self.checkpoint.identity()),
+            **self._telemetry_summary(),
         }
+
+    def _telemetry_summary(self) -> dict[str, Any]:
+        self.telemetry.sample_now()  # the final commit, counted as finishing
+        return self.telemetry.summary()
 
 
 def no_number_error(counts: InputCounts, rejected_csv: str) -> InputError:
@@ -434,6 +452,7 @@ async def delete(
     stop: StopControl | None = None,
     progress: Any | None = None,
     handle_signals: bool = False,
+    telemetry: TelemetryOptions | None = None,
 ) -> RunOutcome:
     """Run (or resume) a whole deletion; the public entry point behind ``ozbulk delete``."""
     settings.require_api_key()
@@ -441,11 +460,16 @@ async def delete(
     try:
         run = Run(settings, checkpoint)
         stop = stop or StopControl()
-        async with anyio.create_task_group() as outer:
-            if handle_signals:
-                outer.start_soon(watch_signals, stop)
-            error = await run.execute(stop, progress)
-            outer.cancel_scope.cancel()
+        exporters = Exporters(telemetry or TelemetryOptions(), run)  # before anything is sent
+        try:
+            async with anyio.create_task_group() as outer:
+                if handle_signals:
+                    outer.start_soon(watch_signals, stop)
+                outer.start_soon(exporters.run)
+                error = await run.execute(stop, progress)
+                outer.cancel_scope.cancel()
+        finally:
+            exporters.close()
         summary = run.summary(error, stop)
         summary["exit_code"] = exit_code_for(summary, error, stop)
         if error is not None:

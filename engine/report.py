@@ -12,6 +12,7 @@
                       not hold. A chunk that deleted none of its numbers gives each of them, known
                       exactly (``exact`` true); a chunk that deleted some gives all its candidates
                       with how many of them were not found, since the API does not say which
+``timeline.csv``, ``latency.csv``: the run as a benchmark (see :mod:`engine.telemetry_report`)
 
 Each file is written beside its final name and renamed into place, so a report folder never
 holds half a file, even when the run writing it is killed. The folder and its files are the
@@ -42,16 +43,30 @@ from engine.checkpoint import Checkpoint, fingerprint
 from engine.files import make_private_dir, open_private
 from engine.limits import describe_limit
 from engine.redact import REDACTOR
+from engine.telemetry_report import (
+    TELEMETRY_FILES,
+    summarize_checkpoint,
+    summary_lines,
+    write_telemetry_files,
+)
 
 # What a spreadsheet may run as a formula, and what it reads as a plain number instead.
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 _PLAIN_NUMBER = re.compile(r"[+-]?[0-9]+(?:\.[0-9]+)?")
 
-REPORT_FILES = ("summary.json", "errors.csv", "rejected.csv", "failed_chunks.csv", "in_doubt.csv")
 NOT_FOUND_FILE = "not_found.csv"
 NOT_FOUND_HEADER = [
     "number", "file", "line", "chunk", "exact", "chunk_not_found", "chunk_candidates", "in_doubt",
 ]  # fmt: skip
+
+REPORT_FILES: tuple[str, ...] = (
+    "summary.json",
+    "errors.csv",
+    "rejected.csv",
+    "failed_chunks.csv",
+    "in_doubt.csv",
+)
+REPORT_FILES += TELEMETRY_FILES  # timeline.csv, latency.csv: see engine.telemetry_report
 
 
 def _file_names(checkpoint: Checkpoint) -> list[str]:
@@ -97,6 +112,7 @@ def summary_from_checkpoint(checkpoint: Checkpoint) -> dict[str, Any]:
         "complete": chunks_total is not None and sums["chunks_done"] == chunks_total,
         "checkpoint": str(checkpoint.path),
         "fingerprint": fingerprint(checkpoint.identity()),
+        **summarize_checkpoint(checkpoint),  # latency, answers, retries, where time went
     }
     return summary
 
@@ -127,6 +143,7 @@ def write_report(checkpoint: Checkpoint, summary: dict[str, Any], out: Path) -> 
         ["chunk", "state", "sent", "deleted", "not_found", "error", "reason"],
         _in_doubt(checkpoint),
     )
+    write_telemetry_files(checkpoint, out)  # timeline.csv, latency.csv
     return out
 
 
@@ -271,6 +288,7 @@ def render_summary(summary: dict[str, Any], *, paths: bool = True) -> str:
             f"  server limit {s['server_limit']}"
             + (f"; waited {_clock(paused)} for it" if paused >= 1 else "")
         )
+    lines += [f"  {line}" for line in summary_lines(s)]
     if paths and s.get("report"):
         lines.append(f"  report       {s['report']}/ ({', '.join(REPORT_FILES)})")
     if paths and s.get("checkpoint"):

@@ -16,6 +16,7 @@ from engine import settings as defaults
 from engine.checkpoint import Checkpoint
 from engine.limits import describe_limit
 from engine.report import summary_from_checkpoint, write_not_found, write_report
+from engine.telemetry_report import summary_lines
 
 
 def resume_command(
@@ -101,7 +102,14 @@ def describe(checkpoint: Checkpoint) -> dict[str, Any]:
         "last_write": _when(updated),
         "updated_ago_s": round(time.time() - updated, 1) if updated else None,
         "resume_command": resume_command(identity, settings, checkpoint.path),
+        "telemetry": {key: summary[key] for key in _TELEMETRY_KEYS if key in summary},
     }
+
+
+_TELEMETRY_KEYS = (
+    "latency", "pacer_wait", "answers_by_status", "answers_by_kind", "retries_by_cause",
+    "backoff_s", "time_s", "pacer",
+)  # fmt: skip
 
 
 _TOTAL_KEYS = (
@@ -148,6 +156,7 @@ def render(info: dict[str, Any]) -> str:
         f"numbers      {totals['sent']:,} with a verdict: {totals['deleted']:,} deleted, "
         f"{totals['not_found']:,} not in the group, {totals['error']:,} refused by the API; "
         f"{totals['failed_numbers']:,} in failed chunks",
+        *summary_lines(info.get("telemetry") or {}),
         f"last write   {info['last_write']} ({info['updated_ago_s']} s ago)",
     ]
     if info["state"] != "complete":

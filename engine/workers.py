@@ -39,6 +39,7 @@ from engine.errors import (
 )
 from engine.guard import FirstContact
 from engine.pacing import Pacer
+from engine.telemetry import Telemetry
 
 RATE_LIMITED_ATTEMPTS_FACTOR = 10
 # A backstop: TokenAuth stops a run whose fresh tokens are refused; this stops a chunk whose
@@ -95,6 +96,7 @@ class WorkerContext:
     on_send: Callable[[Chunk], None] = lambda chunk: None
     # Stops a run early when there is no API at the other end (see engine.guard).
     first_contact: FirstContact | None = None
+    telemetry: Telemetry = field(default_factory=Telemetry)
 
     def __post_init__(self) -> None:
         # Token requests count against the same server window as the deletes.
@@ -114,11 +116,11 @@ async def send_chunk(chunk: Chunk, context: WorkerContext) -> ChunkResult | None
     else:
         body = context.client.body(list(map(context.write, chunk.numbers)))
     expected = Expected(chunk.numbers, context.write)
-    stats, pacer = context.stats, context.pacer
+    stats, pacer, telemetry = context.stats, context.pacer, context.telemetry
     attempts = rate_limited = token_refusals = 0
     doubt = ""  # why this pass put the chunk in doubt, if it did
     while True:
-        ticket = await pacer.acquire(context.stopping)
+        ticket, waited = await telemetry.turn(pacer.acquire(context.stopping))
         if ticket is None:
             return None
         if attempts == 0:
@@ -127,7 +129,9 @@ async def send_chunk(chunk: Chunk, context: WorkerContext) -> ChunkResult | None
         stats.requests += 1
         stats.in_flight += 1
         try:
-            verdict = await context.client.delete(body, expected)
+            verdict = await telemetry.request(
+                context.client.delete(body, expected), chunk.id, attempts, waited
+            )
         except RateLimited as error:
             pacer.on_rate_limited(ticket, error.retry_after)
             stats.rate_limited += 1
@@ -166,6 +170,7 @@ async def send_chunk(chunk: Chunk, context: WorkerContext) -> ChunkResult | None
                                   len(verdict.error))  # fmt: skip
             if context.first_contact is not None:
                 context.first_contact.succeeded()
+            telemetry.chunk_finished(len(chunk.numbers), verdict)
             return ChunkResult(chunk, attempts, verdict, doubt=doubt)
         finally:
             stats.in_flight -= 1
@@ -175,17 +180,18 @@ async def send_chunk(chunk: Chunk, context: WorkerContext) -> ChunkResult | None
         if counted >= context.max_attempts or attempts >= context.max_attempts * (
             RATE_LIMITED_ATTEMPTS_FACTOR
         ):
+            telemetry.chunk_finished(len(chunk.numbers), None)
             return ChunkResult(chunk, attempts, None, reason=str(last), doubt=doubt)
         if context.stopping.is_set():
             return None
         stats.retries += 1
+        telemetry.retried(last)
         if retry_log.isEnabledFor(logging.INFO):
             retry_log.info("chunk %d, attempt %d failed (%s); retrying", chunk.id, attempts, last)
         if not isinstance(last, RateLimited | TokenRejected):
             # Full jitter: retries of many chunks that failed together do not return together.
-            with anyio.move_on_after(
-                backoff_delay(counted, context.backoff_base, context.backoff_cap)
-            ):
+            delay = backoff_delay(counted, context.backoff_base, context.backoff_cap)
+            with telemetry.backoff(), anyio.move_on_after(delay):
                 await context.stopping.wait()
             if context.stopping.is_set():
                 return None
