@@ -13,12 +13,15 @@ the very end.
 from __future__ import annotations
 
 import contextlib
+import csv
 import os
+import re
 from collections.abc import Iterable
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from engine.errors import UsageError
+from engine.redact import REDACTOR
 
 PRIVATE_FILE = 0o600
 PRIVATE_DIR = 0o700
@@ -113,3 +116,49 @@ def _check_folder_target(path: Path, flag: str) -> None:
         )
     if not os.access(current, os.W_OK | os.X_OK):
         raise UsageError(f"{flag} {path}: cannot write in {current} (permission denied)")
+
+
+# -- CSV files meant for a spreadsheet ------------------------------------------------------
+
+# What a spreadsheet may run as a formula, and what it reads as a plain number instead.
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+_PLAIN_NUMBER = re.compile(r"[+-]?[0-9]+(?:\.[0-9]+)?")
+
+
+def spreadsheet_safe(value: Any) -> Any:
+    """``value``, made inert for a spreadsheet if it is text that would start a formula."""
+    if (
+        isinstance(value, str)
+        and value.startswith(_FORMULA_START)
+        and not _PLAIN_NUMBER.fullmatch(value)
+    ):
+        return "'" + value
+    return value
+
+
+class SafeCsvWriter:
+    """A csv writer whose text cells cannot run as spreadsheet formulas."""
+
+    def __init__(self, handle: Any) -> None:
+        self._writer = csv.writer(handle)
+
+    def writerow(self, row: Iterable[Any]) -> None:
+        self._writer.writerow([spreadsheet_safe(cell) for cell in row])
+
+    def writerows(self, rows: Iterable[Iterable[Any]]) -> None:
+        for row in rows:
+            self.writerow(row)
+
+
+def write_csv(path: Path, header: list[str], rows: Iterable[Iterable[Any]]) -> None:
+    """A CSV for people: owner-only, written whole or not at all (a rename), every text cell
+    redacted and safe to open in a spreadsheet."""
+    temporary = path.with_name(f".{path.name}.tmp")
+    with open_private(temporary) as handle:
+        writer = SafeCsvWriter(handle)
+        writer.writerow(header)
+        scrub = REDACTOR.scrub
+        writer.writerows(
+            [scrub(cell) if isinstance(cell, str) else cell for cell in row] for row in rows
+        )
+    os.replace(temporary, path)

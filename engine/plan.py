@@ -18,11 +18,10 @@ from typing import Any
 from engine.batcher import InputCounts, Producer, Reject
 from engine.checkpoint import Checkpoint, _explain_difference
 from engine.errors import CheckpointError, CheckpointMismatch
-from engine.files import make_private_dir, open_private
+from engine.files import SafeCsvWriter, make_private_dir, open_private
 from engine.limits import Limit
 from engine.numbers import Normalizer
 from engine.progress import Expected
-from engine.report import SafeCsvWriter
 from engine.settings import RunSettings
 
 # Reading this much twice costs a few seconds at most; bigger inputs get an estimate.

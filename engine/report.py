@@ -24,23 +24,21 @@ The CSV files are meant for a spreadsheet, and a spreadsheet runs a cell that be
 ``=``, ``+``, ``-`` or ``@`` (or a tab or carriage return before one) as a formula: a rejected
 row ``=HYPERLINK("http://evil", "click")``, or a server's error message, must not become a live
 link or a command. Such a text cell is written with a leading apostrophe, which spreadsheets
-read as "this is text" (:func:`spreadsheet_safe`). A cell that is a plain number, with at most a
-sign, is left as it is: ``+919876543210`` and ``-5`` are read as numbers, never as formulas, and
-a phone number stays readable and searchable exactly as the input had it.
+read as "this is text" (:func:`engine.files.spreadsheet_safe`). A cell that is a plain number,
+with at most a sign, is left as it is: ``+919876543210`` and ``-5`` are read as numbers, never
+as formulas, and a phone number stays readable and searchable exactly as the input had it.
 """
 
 from __future__ import annotations
 
-import csv
 import json
 import os
-import re
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 from engine.checkpoint import Checkpoint, fingerprint
-from engine.files import make_private_dir, open_private
+from engine.files import make_private_dir, open_private, write_csv
 from engine.limits import describe_limit
 from engine.redact import REDACTOR
 from engine.telemetry_report import (
@@ -49,10 +47,6 @@ from engine.telemetry_report import (
     summary_lines,
     write_telemetry_files,
 )
-
-# What a spreadsheet may run as a formula, and what it reads as a plain number instead.
-_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
-_PLAIN_NUMBER = re.compile(r"[+-]?[0-9]+(?:\.[0-9]+)?")
 
 NOT_FOUND_FILE = "not_found.csv"
 NOT_FOUND_HEADER = [
@@ -123,7 +117,7 @@ def write_report(checkpoint: Checkpoint, summary: dict[str, Any], out: Path) -> 
     names = _file_names(checkpoint)
     summary = REDACTOR.scrub_value(summary)
     _replace(out / "summary.json", [json.dumps(summary, indent=2, sort_keys=True) + "\n"])
-    _write_csv(
+    write_csv(
         out / "rejected.csv",
         ["file", "line", "raw", "reason"],
         (
@@ -132,13 +126,13 @@ def write_report(checkpoint: Checkpoint, summary: dict[str, Any], out: Path) -> 
         ),
     )
     errors_header = ["number", "file", "line", "reason", "chunk"]
-    _write_csv(out / "errors.csv", errors_header, _errors(checkpoint, names))
-    _write_csv(
+    write_csv(out / "errors.csv", errors_header, _errors(checkpoint, names))
+    write_csv(
         out / "failed_chunks.csv",
         ["chunk", "numbers", "attempts", "first_file", "first_line", "reason"],
         _failed_chunks(checkpoint, names),
     )
-    _write_csv(
+    write_csv(
         out / "in_doubt.csv",
         ["chunk", "state", "sent", "deleted", "not_found", "error", "reason"],
         _in_doubt(checkpoint),
@@ -174,43 +168,6 @@ def _in_doubt(checkpoint: Checkpoint) -> Iterator[list[Any]]:
                    row["reason"]]  # fmt: skip
         else:
             yield [row["id"], "failed", row["sent"], "", "", "", f"failed: {row['reason']}"]
-
-
-def spreadsheet_safe(value: Any) -> Any:
-    """``value``, made inert for a spreadsheet if it is text that would start a formula."""
-    if (
-        isinstance(value, str)
-        and value.startswith(_FORMULA_START)
-        and not _PLAIN_NUMBER.fullmatch(value)
-    ):
-        return "'" + value
-    return value
-
-
-class SafeCsvWriter:
-    """A csv writer whose text cells cannot run as spreadsheet formulas."""
-
-    def __init__(self, handle: Any) -> None:
-        self._writer = csv.writer(handle)
-
-    def writerow(self, row: Iterable[Any]) -> None:
-        self._writer.writerow([spreadsheet_safe(cell) for cell in row])
-
-    def writerows(self, rows: Iterable[Iterable[Any]]) -> None:
-        for row in rows:
-            self.writerow(row)
-
-
-def _write_csv(path: Path, header: list[str], rows: Iterable[list[Any]]) -> None:
-    temporary = path.with_name(f".{path.name}.tmp")
-    with open_private(temporary) as handle:
-        writer = SafeCsvWriter(handle)
-        writer.writerow(header)
-        scrub = REDACTOR.scrub
-        writer.writerows(
-            [scrub(cell) if isinstance(cell, str) else cell for cell in row] for row in rows
-        )
-    os.replace(temporary, path)
 
 
 def _replace(path: Path, parts: Iterable[str]) -> None:
@@ -308,7 +265,7 @@ def write_not_found(checkpoint: Checkpoint, out: Path) -> tuple[Path | None, str
     identity = checkpoint.identity()
     wanted = _not_found_chunks(checkpoint)
     if not wanted:
-        _write_csv(out / NOT_FOUND_FILE, NOT_FOUND_HEADER, iter(()))
+        write_csv(out / NOT_FOUND_FILE, NOT_FOUND_HEADER, iter(()))
         return out / NOT_FOUND_FILE, "every number sent was deleted or refused: none not found"
     problem = _inputs_problem(identity)
     if problem:
@@ -343,7 +300,7 @@ def write_not_found(checkpoint: Checkpoint, out: Path) -> tuple[Path | None, str
                 yield [number, _name(names, file), line, chunk.id, exact, not_found,
                        len(candidates), in_doubt]  # fmt: skip
 
-    _write_csv(out / NOT_FOUND_FILE, NOT_FOUND_HEADER, rows())
+    write_csv(out / NOT_FOUND_FILE, NOT_FOUND_HEADER, rows())
     return out / NOT_FOUND_FILE, f"{sum(v[0] for v in wanted.values()):,} numbers not found"
 
 

@@ -13,16 +13,14 @@ Everything comes from the checkpoint, so it works on a run in progress, stopped 
 
 from __future__ import annotations
 
-import csv
 import datetime
 import math
-import os
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from engine.checkpoint import Checkpoint
 from engine.errors import UsageError
+from engine.files import write_csv
 from engine.telemetry import BUCKET_S, OUTCOMES, PHASES, TIMELINE_FIELDS, Telemetry, summarize
 
 TELEMETRY_FILES = ("timeline.csv", "latency.csv")
@@ -34,7 +32,7 @@ LATENCY_COLUMNS = ("count", "mean_ms", "p50_ms", "p90_ms", "p95_ms", "p99_ms", "
 
 def write_telemetry_files(checkpoint: Checkpoint, out: Path) -> None:
     rows = checkpoint.timeline_rows()
-    _write_csv(
+    write_csv(
         out / "timeline.csv",
         ["time", "pass", *TIMELINE_FIELDS],
         ([_iso(start), number, *(data.get(name) for name in TIMELINE_FIELDS)]
@@ -43,7 +41,7 @@ def write_telemetry_files(checkpoint: Checkpoint, out: Path) -> None:
     telemetry = Telemetry(checkpoint.meta("telemetry"))
     series = [(outcome, telemetry.latency[outcome]) for outcome in OUTCOMES]
     series.append(("pacer_wait", telemetry.pacer_wait))
-    _write_csv(
+    write_csv(
         out / "latency.csv",
         ["series", *LATENCY_COLUMNS],
         ([name, *(histogram.figures().get(column, "") for column in LATENCY_COLUMNS)]
@@ -53,15 +51,6 @@ def write_telemetry_files(checkpoint: Checkpoint, out: Path) -> None:
 
 def _iso(stamp: float) -> str:
     return datetime.datetime.fromtimestamp(stamp, datetime.UTC).isoformat(timespec="seconds")
-
-
-def _write_csv(path: Path, header: list[str], rows: Iterable[list[Any]]) -> None:
-    temporary = path.with_name(f".{path.name}.tmp")
-    with temporary.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(header)
-        writer.writerows(["" if value is None else value for value in row] for row in rows)
-    os.replace(temporary, path)
 
 
 # -- the picture ------------------------------------------------------------------------------

@@ -24,8 +24,9 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from engine.batcher import accepted_numbers
 from engine.mock import ThreadedMockServer
-from tests.conftest import API_KEY, CliResult, cli_env, delete_args
+from tests.conftest import API_KEY, GROUP, CliResult, cli_env, delete_args
 from tests.test_e2e_foundation import read_summary, spawn, wait_until
 
 REQUIRED = {
@@ -57,6 +58,7 @@ def test_metrics_are_served_while_a_run_goes_and_latency_matches_the_server(
     """--metrics-port 0: scraped mid-run and parsed; p50 within 20 % of --latency-ms 50."""
     server = fake_api(latency_ms=50)
     source = sample_csv(3000)
+    server.state.seed(GROUP, accepted_numbers((str(source),)))
     args = delete_args(server, source, batch_size=20, rate=25, concurrency=4, metrics_port=0,
                        summary_json="s.json", request_log="requests.csv.gz")  # fmt: skip
     run = spawn(tmp_path, args)
@@ -113,6 +115,7 @@ def test_the_textfile_holds_the_final_figures_and_nothing_half_written(
     """--metrics-textfile: parsed after the run, it agrees with the summary; no temp file left."""
     server = fake_api(fault_rate=0.1, fault_kinds=("http_503",))
     source = sample_csv(2000)
+    server.state.seed(GROUP, accepted_numbers((str(source),)))
     result = run_cli(*delete_args(server, source, batch_size=50, rate=0, backoff_base=0.01,
                                   metrics_textfile="m.prom", summary_json="s.json"))  # fmt: skip
     assert result.returncode == 0, result.output
@@ -148,6 +151,8 @@ def test_a_stopped_and_resumed_run_has_one_timeline_and_a_plot(
     limited = fake_api(latency_ms=20, rate_limit=12)
     faulty = fake_api(latency_ms=20, fault_rate=0.2, fault_kinds=("http_503",))
     source = sample_csv(2000)
+    for server in (limited, faulty):  # each deletes what the run sends it
+        server.state.seed(GROUP, accepted_numbers((str(source),)))
     args = delete_args(limited, source, batch_size=20, checkpoint="c.ckpt", summary_json="s.json",
                        backoff_base=0.01)  # fmt: skip
     run = spawn(tmp_path, args)
