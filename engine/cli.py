@@ -14,21 +14,19 @@ import os
 import shlex
 import sys
 from pathlib import Path
-from typing import Any
-
-import anyio
+from typing import TYPE_CHECKING, Any
 
 from engine import settings as defaults
 from engine.config import config_path, layer_defaults
 from engine.errors import InputError, OzbulkError, UsageError
 from engine.logs import REDACTOR, setup_logging
-from engine.numbers import Normalizer
-from engine.pipeline import RunOutcome, delete, open_checkpoint
-from engine.plan import Plan, make_plan, write_rejects
-from engine.progress import BarDisplay, LogDisplay
 from engine.settings import InputSettings, RunSettings, Secret
-from engine.source import CsvSource
-from engine.status import show_status, write_report_for
+
+# Each command imports what it runs when it runs: `--help`, `--version`, `status` and `config
+# show` must start in a blink, without the HTTP stack (aiohttp, anyio) that only `delete` uses.
+# tests/test_producer_process.py pins which modules each of them may load.
+if TYPE_CHECKING:
+    from engine.pipeline import RunOutcome
 
 log = logging.getLogger("engine")
 
@@ -450,6 +448,8 @@ def print_summary(outcome: RunOutcome, argv: list[str] | None = None) -> None:
 
 
 def _progress(args: argparse.Namespace, total: int | None) -> Any:
+    from engine.progress import BarDisplay, LogDisplay
+
     if args.quiet:
         return None
     if args.no_progress or not sys.stderr.isatty():
@@ -458,6 +458,11 @@ def _progress(args: argparse.Namespace, total: int | None) -> Any:
 
 
 def cmd_delete(args: argparse.Namespace, argv: list[str]) -> int:
+    import anyio
+
+    from engine.pipeline import delete, open_checkpoint
+    from engine.plan import make_plan
+
     settings = settings_from_args(args)
     if settings.inputs.from_stdin:
         log.warning("reading standard input: this run cannot be resumed if interrupted")
@@ -485,6 +490,9 @@ def cmd_delete(args: argparse.Namespace, argv: list[str]) -> int:
 
 def _check_inputs(settings: RunSettings) -> None:
     """Refuse an unusable file (binary, workbook, no phone column) before any checkpoint exists."""
+    from engine.numbers import Normalizer
+    from engine.source import CsvSource
+
     looks_like_phone = Normalizer(settings.inputs.country).looks_like_phone
     for path in settings.inputs.paths:
         if path != "-":
@@ -492,6 +500,8 @@ def _check_inputs(settings: RunSettings) -> None:
 
 
 def _dry_run(settings: RunSettings) -> int:
+    from engine.plan import Plan, write_rejects
+
     out = settings.report_dir or settings.checkpoint.with_name(
         settings.checkpoint.name + ".dry-run"
     )
@@ -556,8 +566,12 @@ def _dispatch(args: argparse.Namespace, argv: list[str], sources: dict[str, str]
 
         return run_demo(rows=args.rows)
     if command == "status":
+        from engine.status import show_status
+
         return show_status(args.checkpoint, as_json=args.json)
     if command == "report":
+        from engine.status import write_report_for
+
         return write_report_for(args.checkpoint, args.out)
     raise AssertionError(f"unhandled command {command}")
 
