@@ -24,7 +24,7 @@ from engine.settings import InputSettings, RunSettings, Secret
 
 # Each command imports what it runs when it runs: `--help`, `--version`, `status` and `config
 # show` must start in a blink, without the HTTP stack (aiohttp, anyio) that only `delete` uses.
-# tests/test_producer_process.py pins which modules each of them may load.
+# tests/test_startup.py pins which modules each of them may load.
 if TYPE_CHECKING:
     from engine.pipeline import RunOutcome
 
@@ -458,12 +458,17 @@ def _progress(args: argparse.Namespace, total: int | None) -> Any:
 
 
 def cmd_delete(args: argparse.Namespace, argv: list[str]) -> int:
+    settings = settings_from_args(args)
+    if settings.producer_process and not settings.inputs.from_stdin and not args.dry_run:
+        from engine.producer_process import prestart
+
+        prestart()  # before the imports below: the child starts while they run
+
     import anyio
 
     from engine.pipeline import delete, open_checkpoint
     from engine.plan import make_plan
 
-    settings = settings_from_args(args)
     if settings.inputs.from_stdin:
         log.warning("reading standard input: this run cannot be resumed if interrupted")
     _check_inputs(settings)
