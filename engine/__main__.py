@@ -1,7 +1,5 @@
 """``python -m engine`` is the ``ozbulk`` command."""
 
-import sys
+from engine.cli import run
 
-from engine.cli import main
-
-sys.exit(main())
+run()

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from engine.checkpoint import Checkpoint
-from tests.conftest import cli_env
+from tests.conftest import cli_env, delete_args
 
 # What only `delete` needs: the HTTP client and the event loop's libraries, the pipeline, and rich
 # (which only a drawn progress bar needs).
@@ -81,3 +81,26 @@ def test_the_probe_sees_delete_load_the_http_stack(tmp_path: Path) -> None:
     )
     assert result["code"] == 0
     assert {"aiohttp", "anyio", "engine.pipeline"} <= set(result["loaded"])  # type: ignore[arg-type]
+
+
+def test_a_run_that_skips_the_teardown_still_flushes_its_output_and_log(
+    run_cli, fake_api, sample_csv, tmp_path: Path
+) -> None:
+    """`ozbulk` exits without the interpreter's teardown, yet its stdout (even into a pipe that
+    buffers it), its --log-file and its --summary-json are complete, and the exit code is kept."""
+    server = fake_api()
+    source = sample_csv(500)
+    log_file, summary = tmp_path / "run.log", tmp_path / "summary.json"
+    buffered = {k: v for k, v in cli_env().items() if k != "PYTHONUNBUFFERED"}
+    args = delete_args(server, source, log_file=log_file, summary_json=summary)
+    done = run_cli(*args, env=buffered)
+    assert done.returncode == 0, done.output
+    assert done.stdout.rstrip().endswith("exit 0: complete: every number has a verdict")
+    assert "ozbulk summary" in done.stdout
+    assert json.loads(summary.read_text())["complete"] is True
+    logged = log_file.read_text()
+    assert "rows" in logged and logged.endswith("\n")
+    args = delete_args(server, source, group_id=999, checkpoint="other.ckpt")
+    failed = run_cli(*args, env=buffered)
+    assert failed.returncode == 3, failed.output  # an invalid group: the code survives os._exit
+    assert "resume with:" in failed.stdout
