@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
 import os
 import pickle
@@ -232,3 +233,21 @@ def _alive(pid: int) -> bool:
     except OSError:
         return False
     return state != "Z"
+
+
+@pytest.mark.skipif(not hasattr(fcntl, "F_GETPIPE_SZ"), reason="pipe sizes are Linux's")
+def test_the_pipe_from_the_child_is_widened_so_it_wakes_the_child_less_often() -> None:
+    """The child's frames go through a PIPE_SIZE pipe (when the kernel allows that much)."""
+    if int(Path("/proc/sys/fs/pipe-max-size").read_text()) < producer_process.PIPE_SIZE:
+        pytest.skip("this kernel's pipe-max-size is below PIPE_SIZE")
+    process = producer_process._start_child()
+    try:
+        assert process.stdout is not None
+        size = fcntl.fcntl(process.stdout.fileno(), fcntl.F_GETPIPE_SZ)
+        assert size == producer_process.PIPE_SIZE
+    finally:
+        process.kill()
+        process.wait()
+        for stream in (process.stdin, process.stdout):
+            if stream is not None:
+                stream.close()
