@@ -10,9 +10,11 @@ sides alternately in the same run, and results land in ``bench_results/`` (JSON,
 ``scale``      numbers/s and peak RSS for 100k, 1M, 10M rows
 ``producer``   read + normalize + dedupe + chunk, no network, one core
 ``resume``     start → first request when resuming a 10M-row run stopped at 50 %
+``nginx``      ozbulk ÷ hand loop against nginx and the Python server, 200k and 2M rows; start-up
 =============  ===================================================================================
 
-Modules: ``servers.py`` (the local servers), ``hand_loop.py`` (the baseline), ``data.py`` (input
-generation), ``producer_run.py`` (one producer measurement), ``harness.py`` (machine, spreads,
-measured processes), ``suite.py`` (the benchmarks), ``output.py`` (JSON, markdown, plots).
+Modules: ``servers.py`` (the local servers), ``nginx.py`` (nginx as a server, where installed),
+``hand_loop.py`` (the baseline), ``data.py`` (input generation), ``producer_run.py`` (one producer
+measurement), ``harness.py`` (machine, spreads, measured processes), ``suite.py`` (the
+benchmarks), ``output.py`` (JSON, markdown, plots).
 """

@@ -195,6 +195,31 @@ def _save(figure: Any, path: Path) -> None:
     _pyplot().close(figure)
 
 
+def plot_fast_server(result: Result, path: Path) -> None:
+    """Ratios to the hand loop, median with min-max whiskers, one group per server and size."""
+    groups = [
+        (f"{server}\n{int(rows):,} rows", side, figure)
+        for server, by_rows in result.data["ratios"].items()
+        for rows, by_side in by_rows.items()
+        for side, figure in by_side.items()
+    ]
+    figure, axes = _pyplot().subplots(1, 2, figsize=(12, 4.5))
+    for axis, key, label in (
+        (axes[0], "speed", "numbers/s, ozbulk ÷ hand loop"),
+        (axes[1], "cpu", "CPU per number, ozbulk ÷ hand loop"),
+    ):
+        for index, (_group, side, ratios) in enumerate(groups):
+            spread = ratios[key]
+            low, high = spread["median"] - spread["min"], spread["max"] - spread["median"]
+            axis.bar(index, spread["median"], yerr=[[low], [high]], capsize=3,
+                     color="tab:blue" if side == "ozbulk" else "tab:gray")  # fmt: skip
+        axis.axhline(1.0, color="black", linewidth=0.8)
+        axis.set_xticks(range(len(groups)), [f"{g}\n{s}" for g, s, _ in groups], fontsize=7)
+        axis.set_ylabel(label)
+    figure.suptitle("Engine overhead against nginx and the suite's Python server")
+    _save(figure, path)
+
+
 PLOTS: dict[str, Callable[[Result, Path], None]] = {
     "overhead": plot_overhead,
     "latency": plot_latency,
@@ -202,6 +227,7 @@ PLOTS: dict[str, Callable[[Result, Path], None]] = {
     "scale": plot_scale,
     "producer": plot_producer,
     "resume": plot_resume,
+    "nginx": plot_fast_server,
 }
 
 

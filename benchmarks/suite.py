@@ -34,6 +34,7 @@ from benchmarks.harness import (
     run,
     spread,
 )
+from benchmarks.nginx import NginxServer, find_nginx
 
 OVERHEAD_CONCURRENCY = 16
 LATENCY_MS = 50.0
@@ -710,6 +711,170 @@ def resume(ctx: Context) -> Result:
     )
 
 
+# -- 7. engine overhead against a fast server, and start-up -------------------------------------
+
+FAST_CONCURRENCY = 32
+FAST_ROWS = (200_000, 2_000_000)
+FAST_MIN_PAIRS = 5  # per size and server, whatever --repeats says (but --quick)
+STARTUP_ROWS = 100
+STARTUP_PAIRS = 9
+STARTUP_TARGET_S = 0.1
+# Each line's targets: ozbulk's numbers/s ÷ the hand loop's, at least; CPU per number, at most.
+FAST_TARGETS = {200_000: 0.9, 2_000_000: 1.0}
+CPU_TARGET = 1.3
+
+
+def _one_run(side: str, source: Path, url: str, checkpoint: Path, work: Path) -> dict[str, float]:
+    """One whole-process run of a side: numbers sent, wall and CPU seconds (children included)."""
+    if side == "hand loop":
+        done = run(hand_loop(source, url, concurrency=FAST_CONCURRENCY), cwd=work).check()
+        line = done.json_line()
+        if line["failed"]:
+            raise RuntimeError(f"the hand loop got {line['failed']} failed answers")
+        numbers = line["sent"]
+    else:
+        remove_checkpoint(checkpoint)
+        command = ozbulk_delete(source, url, checkpoint, concurrency=FAST_CONCURRENCY)
+        if side != "ozbulk":  # "ozbulk --producer inline" and the like: the flag is in the name
+            command += side.split()[1:]
+        done = run(command, cwd=work).check()
+        numbers = read_summary(checkpoint)["sent"]
+    return {"numbers": numbers, "wall_s": done.wall_s, "cpu_s": done.cpu_s}
+
+
+def _pair_ratios(ours: list[dict[str, float]], theirs: list[dict[str, float]]) -> dict[str, Any]:
+    """Per alternating pair: numbers/s ours ÷ theirs, and CPU per number ours ÷ theirs."""
+    speed = [
+        (a["numbers"] / a["wall_s"]) / (b["numbers"] / b["wall_s"])
+        for a, b in zip(ours, theirs, strict=True)
+    ]
+    cpu = [
+        (a["cpu_s"] / a["numbers"]) / (b["cpu_s"] / b["numbers"])
+        for a, b in zip(ours, theirs, strict=True)
+    ]
+    return {"speed": spread(speed), "cpu": spread(cpu)}
+
+
+def fast_server(ctx: Context) -> Result:
+    rows_list = (20_000, 100_000) if ctx.quick else FAST_ROWS
+    pairs = ctx.repeats if ctx.quick else max(ctx.repeats, FAST_MIN_PAIRS)
+    binary, missing = find_nginx()
+    ran = (
+        f"`ozbulk delete` (checkpoint on, --rate 0, --no-progress --yes, concurrency "
+        f"{FAST_CONCURRENCY}) vs benchmarks/hand_loop.py (same concurrency) against two servers: "
+        "nginx (benchmarks/nginx.py: one worker answering every DELETE with the fixed success "
+        "verdict, a fraction of a core) and the suite's Python `raw` server (most of a core); "
+        f"{', '.join(f'{rows:,}' for rows in rows_list)}-row CSVs; against nginx also `ozbulk "
+        f"--producer inline`; {pairs} alternating rounds per size and server; whole process "
+        "(start-up included): numbers/s = numbers sent ÷ wall time, CPU = user + system of the "
+        "process and its children (the producer process); ratios are taken within each round. "
+        f"Start-up: a {STARTUP_ROWS}-row CSV, ozbulk's wall time minus the hand loop's, "
+        f"{STARTUP_PAIRS} alternating pairs"
+    )
+    ctx.header("engine overhead against a fast server (nginx), and start-up", ran)
+    servers: list[tuple[str, Callable[[], Any]]] = []
+    if binary is None:
+        say(f"  nginx lines skipped: {missing}")
+    else:
+        servers.append(("nginx", lambda: NginxServer(binary, ctx.work / "nginx")))
+    servers.append(("python raw", lambda: Server("raw", folder=ctx.work)))
+    checkpoint = ctx.work / "fast.ckpt"
+    figures: dict[str, dict[str, dict[str, list[dict[str, float]]]]] = {}
+    ratios: dict[str, dict[str, dict[str, Any]]] = {}
+    startup: list[float] = []
+    rows_out: list[tuple[str, str, str, str]] = []
+    for server_name, start in servers:
+        figures[server_name], ratios[server_name] = {}, {}
+        sides = ["ozbulk", "hand loop"]
+        if server_name == "nginx":
+            sides.append("ozbulk --producer inline")
+        with start() as server:
+            for rows in rows_list:
+                source = ctx.input(rows)
+                runs: dict[str, list[dict[str, float]]] = {side: [] for side in sides}
+                for repeat, side in alternating(pairs, sides):
+                    measured = _one_run(side, source, server.url, checkpoint, ctx.work)
+                    runs[side].append(measured)
+                    say(
+                        f"  {server_name:10} {rows:>9,} rows, round {repeat + 1} {side:24}: "
+                        f"{measured['numbers'] / measured['wall_s']:>9,.0f} numbers/s, "
+                        f"{measured['wall_s']:6.2f} s wall, {measured['cpu_s']:6.2f} s CPU"
+                    )
+                versus = {
+                    side: _pair_ratios(runs[side], runs["hand loop"])
+                    for side in sides
+                    if side != "hand loop"
+                }
+                figures[server_name][str(rows)], ratios[server_name][str(rows)] = runs, versus
+                rows_out += _fast_rows(server_name, rows, versus)
+            if not startup:  # against the first server: nginx where there is one
+                startup = _startup(ctx, server.url)
+    start_up = spread(startup)
+    say(
+        f"  start-up, {STARTUP_ROWS}-row run: ozbulk - hand loop = {fmt_spread(start_up, 3)} s "
+        f"(target ≤ {STARTUP_TARGET_S} s)"
+    )
+    if binary is None:
+        rows_out.insert(0, ("Against nginx", f"skipped: {missing}", "", ""))
+    rows_out.append(
+        (
+            f"Start-up: a {STARTUP_ROWS}-number run, ozbulk's wall time - the hand loop's",
+            f"{fmt_spread(start_up, 3)} s",
+            f"≤ {STARTUP_TARGET_S} s",
+            verdict(start_up["median"] <= STARTUP_TARGET_S),
+        )
+    )
+    return Result(
+        "nginx",
+        "Engine overhead against a fast server",
+        ran,
+        rows_out,
+        {
+            "rows": list(rows_list),
+            "pairs": pairs,
+            "nginx": binary or missing,
+            "runs": figures,
+            "ratios": ratios,
+            "startup_s": start_up,
+        },
+    )
+
+
+def _fast_rows(
+    server: str, rows: int, versus: dict[str, dict[str, Any]]
+) -> list[tuple[str, str, str, str]]:
+    """The README lines of one server and size; say() them too."""
+    lines = []
+    for side, figure in versus.items():
+        speed, cpu = figure["speed"], figure["cpu"]
+        say(
+            f"  {server}, {_short(rows)}: {side} ÷ hand loop: numbers/s {fmt_spread(speed)}x, "
+            f"CPU per number {fmt_spread(cpu)}x"
+        )
+        target = FAST_TARGETS.get(rows)
+        judged = side == "ozbulk" and server == "nginx" and target is not None
+        lines.append(
+            (
+                f"{side} ÷ hand loop vs {server}, {_short(rows)} rows: numbers/s; CPU per number",
+                f"{fmt_spread(speed)}x; {fmt_spread(cpu)}x",
+                f"≥ {target}x; ≤ {CPU_TARGET}x" if judged else "",
+                verdict(speed["median"] >= target and cpu["median"] <= CPU_TARGET)
+                if judged and target is not None
+                else "",
+            )
+        )
+    return lines
+
+
+def _startup(ctx: Context, url: str) -> list[float]:
+    source = ctx.input(STARTUP_ROWS)
+    checkpoint = ctx.work / "startup.ckpt"
+    walls: dict[str, list[float]] = {"ozbulk": [], "hand loop": []}
+    for _, side in alternating(STARTUP_PAIRS, tuple(walls)):
+        walls[side].append(_one_run(side, source, url, checkpoint, ctx.work)["wall_s"])
+    return [a - b for a, b in zip(walls["ozbulk"], walls["hand loop"], strict=True)]
+
+
 BENCHMARKS: dict[str, Callable[[Context], Result]] = {
     "overhead": overhead,
     "latency": latency,
@@ -717,4 +882,5 @@ BENCHMARKS: dict[str, Callable[[Context], Result]] = {
     "scale": scale,
     "producer": producer,
     "resume": resume,
+    "nginx": fast_server,
 }

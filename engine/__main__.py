@@ -7,9 +7,9 @@ from engine import interruption
 try:
     # Before the command's imports: a SIGTERM during start-up exits 130 with a line, not 143.
     interruption.install()
-    from engine.cli import main
+    from engine.cli import run
 except KeyboardInterrupt as interrupt:
     sys.stderr.write(f"ozbulk: {interruption.describe(interrupt)}\n")
     sys.exit(130)
 
-sys.exit(main())
+run()

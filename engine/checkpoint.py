@@ -107,6 +107,8 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
 # holds the dedupe bitmap, megabytes that the event loop's process never has to hold); a row
 # here names it, committed with the rejects read before it.
 STATES_KEPT = 2
+# The detail of almost every chunk (done, no number refused): its JSON, written once.
+NO_DETAIL = "[]"
 STATES_SUFFIX = ".states"
 # In the states folder: written once a run's checkpoint is durable, before anything is sent.
 RUN_MARKER = "run.json"
@@ -457,7 +459,8 @@ class Checkpoint:
                     [
                         (
                             c.id, c.state, c.sent, c.success, c.error, c.deleted, c.attempts,
-                            int(c.in_doubt), scrub(c.reason), scrub(json.dumps(c.detail)), now,
+                            int(c.in_doubt), scrub(c.reason),
+                            scrub(json.dumps(c.detail)) if c.detail else NO_DETAIL, now,
                         )
                         for c in chunks
                     ],

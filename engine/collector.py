@@ -90,13 +90,16 @@ class CircuitBreaker:
     window: int
     ratio: float
     _recent: deque[bool] = field(default_factory=deque)
+    _failures: int = 0  # among _recent, kept as they come and go: no sum over the window
 
     def record(self, failed: bool) -> None:
-        self._recent.append(failed)
-        if len(self._recent) > self.window:
-            self._recent.popleft()
-        failures = sum(self._recent)
-        if len(self._recent) >= self.window and failures >= self.ratio * self.window:
+        recent = self._recent
+        recent.append(failed)
+        self._failures += failed
+        if len(recent) > self.window:
+            self._failures -= recent.popleft()
+        failures = self._failures
+        if len(recent) >= self.window and failures >= self.ratio * self.window:
             raise CircuitOpen(
                 f"stopped: {failures} of the last {self.window} chunks failed after every retry; "
                 "the server looks broken. Nothing is lost: re-run the same command to resume "

@@ -14,9 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import anyio
-import anyio.to_thread
-
 from engine.errors import UsageError
 
 if TYPE_CHECKING:
@@ -120,6 +117,8 @@ class Exporters:
 
     async def run(self) -> None:
         """Refresh the metrics 4 times a second and the textfile every 5 s, until cancelled."""
+        import anyio.to_thread  # here: `ozbulk --help` declares these options without anyio
+
         metrics, textfile = self.metrics, self.options.metrics_textfile
         if metrics is None:
             return

@@ -26,8 +26,6 @@ from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
-import anyio
-
 from engine.errors import (
     ApiError,
     FatalApiError,
@@ -447,6 +445,8 @@ class Telemetry:
 
     async def run(self) -> None:
         """Sample the run's phase ten times a second, until cancelled."""
+        import anyio  # here: the report and `status` read this module without the event loop's
+
         while True:
             await anyio.sleep(SAMPLE_S)
             self.sample_now()

@@ -129,3 +129,40 @@ def test_the_bare_socket_floor_does_the_hand_loops_job(tmp_path: Path) -> None:
     numbers, requests = sent["hand_loop.py"]
     assert 0 < numbers <= 100 * requests
     assert len(arrivals.times) == 2 * requests
+
+
+def test_nginx_config_answers_the_api_path_only(tmp_path: Path) -> None:
+    """The generated nginx config listens on loopback only, keeps every path in its folder, and
+    answers the delete path (and nothing else) with the raw server's success verdict."""
+    from benchmarks.nginx import API_PATH, config
+
+    text = config(tmp_path, 8123)
+    assert "listen 127.0.0.1:8123" in text and "daemon off;" in text
+    assert "worker_processes 1;" in text and "root " not in text
+    for line in text.splitlines():
+        if line.strip().startswith(("pid", "error_log", "client_body_temp_path")):
+            assert str(tmp_path) in line
+    assert f"location = {API_PATH}" in text
+    assert f"return 200 '{SUCCESS_BODY.decode()}'" in text
+
+
+def test_nginx_answers_deletes_with_bodies_on_one_connection(tmp_path: Path) -> None:
+    """Where nginx is installed: DELETEs with bodies (small and over the buffer) get the verdict,
+    in turn on one keep-alive connection, so nginx read and discarded every body."""
+    import http.client
+
+    from benchmarks.nginx import API_PATH, NginxServer, find_nginx
+
+    binary, missing = find_nginx()
+    if binary is None:
+        pytest.skip(missing)
+    with NginxServer(binary, tmp_path / "nginx") as server:
+        host, port = server.url.removeprefix("http://").split(":")
+        connection = http.client.HTTPConnection(host, int(port), timeout=10)
+        for size in (1600, 40_000, 10):
+            connection.request("DELETE", API_PATH, body=b"x" * size)
+            answer = connection.getresponse()
+            assert (answer.status, answer.read()) == (200, SUCCESS_BODY)
+        connection.request("GET", "/elsewhere")
+        assert connection.getresponse().status == 404
+        connection.close()

@@ -250,6 +250,24 @@ def test_the_breaker_never_opens_on_successes_or_scattered_failures() -> None:
         breaker.record(rng.random() < 0.2)
 
 
+def test_the_breaker_opens_exactly_when_a_recount_of_its_window_says_so() -> None:
+    """Its running count of failures matches a recount of the last `window` results, always."""
+    rng = random.Random(5)
+    for window, ratio in ((1, 1.0), (7, 0.5), (20, 0.8)):
+        breaker, history = CircuitBreaker(window=window, ratio=ratio), []
+        for _ in range(3000):
+            failed = rng.random() < ratio * 0.9 + (0.3 if rng.random() < 0.1 else 0.0)
+            history.append(failed)
+            last = history[-window:]
+            should_open = len(last) == window and sum(last) >= ratio * window
+            if should_open:
+                with pytest.raises(CircuitOpen):
+                    breaker.record(failed)
+                breaker, history = CircuitBreaker(window=window, ratio=ratio), []
+            else:
+                breaker.record(failed)
+
+
 def test_the_chunk_that_opens_the_breaker_is_still_recorded(checkpoint: Checkpoint) -> None:
     """The breaker raises after the failing chunk is queued: the final commit keeps it."""
     collector = collector_for(checkpoint, window=3, ratio=1.0)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
 import os
 import pickle
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +17,7 @@ import anyio
 import pytest
 from pyroaring import BitMap
 
+from engine import producer_process
 from engine.batcher import Chunk, Producer, Reject
 from engine.errors import InputError
 from engine.numbers import Normalizer
@@ -187,3 +190,64 @@ def test_an_unreadable_state_means_reading_from_the_start(sample_csv, tmp_path, 
         assert source.counts.rows == 3_000
         assert "reading the input from its start" in caplog.text
         caplog.clear()
+
+
+def test_a_prestarted_child_is_the_one_that_produces(sample_csv, monkeypatch) -> None:
+    """prestart() starts the child ahead of the run; the run hands that very child its job."""
+    monkeypatch.setattr(producer_process, "_prestarted", None)
+    producer_process.prestart()
+    prestarted = producer_process._prestarted
+    assert prestarted is not None and prestarted.poll() is None
+    inputs = InputSettings(paths=(str(sample_csv(3000)),))
+    source = ProducerProcess(
+        inputs, Selection(skip=BitMap().serialize(), only=None), lambda _: None
+    )
+    chunks = _collect(source)
+    assert source.pid == prestarted.pid
+    assert [chunk.id for chunk in chunks] == list(range(source.counts.chunks))
+    assert producer_process._prestarted is None  # taken: a second run starts its own
+
+
+def test_a_prestarted_child_never_given_a_job_ends_with_its_parent(tmp_path: Path) -> None:
+    """A process that prestarts a child and exits (even by kill -9) leaves no child behind."""
+    probe = (
+        "import os, sys, engine.producer_process as p; p.prestart();"
+        "print(p._prestarted.pid, flush=True);"
+        "os.kill(os.getpid(), 9) if sys.argv[1] == 'kill' else None"
+    )
+    for how in ("exit", "kill"):
+        done = subprocess.run(
+            [sys.executable, "-c", probe, how], capture_output=True, text=True, timeout=60
+        )
+        child = int(done.stdout.split()[0])
+        deadline = time.monotonic() + 10
+        while _alive(child) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert not _alive(child), how
+
+
+def _alive(pid: int) -> bool:
+    """Running or sleeping, not gone and not a zombie waiting for init to reap it."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.skipif(not hasattr(fcntl, "F_GETPIPE_SZ"), reason="pipe sizes are Linux's")
+def test_the_pipe_from_the_child_is_widened_so_it_wakes_the_child_less_often() -> None:
+    """The child's frames go through a PIPE_SIZE pipe (when the kernel allows that much)."""
+    if int(Path("/proc/sys/fs/pipe-max-size").read_text()) < producer_process.PIPE_SIZE:
+        pytest.skip("this kernel's pipe-max-size is below PIPE_SIZE")
+    process = producer_process._start_child()
+    try:
+        assert process.stdout is not None
+        size = fcntl.fcntl(process.stdout.fileno(), fcntl.F_GETPIPE_SZ)
+        assert size == producer_process.PIPE_SIZE
+    finally:
+        process.kill()
+        process.wait()
+        for stream in (process.stdin, process.stdout):
+            if stream is not None:
+                stream.close()

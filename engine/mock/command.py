@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import math
 import signal
 import sys
 from pathlib import Path
 
-from engine.batcher import accepted_numbers
 from engine.mock.quota import QuotaChange
 from engine.mock.state import (
     AUTH_MODES,
@@ -226,6 +224,12 @@ def config_from_args(args: argparse.Namespace) -> MockConfig:
 
 def run(args: argparse.Namespace) -> int:
     """Serve until SIGINT or SIGTERM; 0 then, 2 on bad flags or seed file, 1 if it cannot listen."""
+    # Imported here, not with the module: the CLI builds this command's options for every
+    # command, `--help` included, and those must start without the event loop or the producer.
+    import asyncio
+
+    from engine.batcher import accepted_numbers
+
     try:
         config = config_from_args(args)
         if args.seed_count < 0:
@@ -245,6 +249,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def _serve(state: MockState, host: str, port: int) -> int:
+    import asyncio
+
     from engine.mock.server import MockServer  # aiohttp.web: only when a server is run
 
     server = MockServer(host=host, port=port, state=state)

@@ -1,0 +1,107 @@
+"""Start-up: the commands that send nothing load no HTTP stack, so they answer in a blink."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from engine.checkpoint import Checkpoint
+from tests.conftest import cli_env, delete_args
+
+# What only `delete` needs: the HTTP client and the event loop's libraries, the pipeline, and rich
+# (which only a drawn progress bar needs).
+HEAVY = ("aiohttp", "anyio", "aiolimiter", "rich", "engine.pipeline", "engine.client")
+
+# Runs the real entry point in a fresh interpreter and reports, on stderr's last line, which of
+# HEAVY it loaded; argparse's --help and --version end in SystemExit, which counts as an exit.
+PROBE = f"""
+import json, sys
+from engine.cli import main
+try:
+    code = main(sys.argv[1:])
+except SystemExit as stop:
+    code = stop.code
+loaded = sorted(name for name in sys.modules if name.split(".")[0] in {HEAVY!r}
+                or name in {HEAVY!r})
+print(json.dumps({{"code": code, "loaded": loaded}}), file=sys.stderr)
+"""
+
+
+def loaded_by(*args: str, cwd: Path) -> dict[str, object]:
+    done = subprocess.run(
+        [sys.executable, "-c", PROBE, *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=cwd,
+        env=cli_env(),
+        stdin=subprocess.DEVNULL,
+    )
+    result: dict[str, object] = json.loads(done.stderr.strip().splitlines()[-1])
+    return result
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("--help",),
+        ("--version",),
+        ("delete", "--help"),
+        ("status", "--help"),
+        ("config", "show", "numbers.csv", "--user", "acme", "--group-id", "7"),
+    ],
+)
+def test_commands_that_send_nothing_load_no_http_stack(args: tuple[str, ...], tmp_path) -> None:
+    """--help, delete --help and config show import none of what only a run uses."""
+    (tmp_path / "numbers.csv").write_text("phone\n9876543210\n")
+    result = loaded_by(*args, cwd=tmp_path)
+    assert result["code"] in (0, None)
+    assert result["loaded"] == []
+
+
+def test_status_reads_a_checkpoint_without_the_http_stack(tmp_path: Path) -> None:
+    """`ozbulk status` opens the checkpoint (SQLite) but never aiohttp, anyio or rich."""
+    path = tmp_path / "run.ckpt"
+    settings = {"base_url": "https://api.example", "group_id": 7, "user": "acme"}
+    Checkpoint.for_run(path, {"inputs": [], "group_id": 7, "user": "acme"}, settings).close()
+    result = loaded_by("status", str(path), cwd=tmp_path)
+    assert result["code"] == 0
+    assert result["loaded"] == []
+
+
+def test_the_probe_sees_delete_load_the_http_stack(tmp_path: Path) -> None:
+    """The probe itself works: `delete` (here a dry run) loads what the others must not."""
+    source = tmp_path / "numbers.csv"
+    source.write_text("phone\n9876543210\n")
+    result = loaded_by(
+        "delete", str(source), "--user", "acme", "--group-id", "7", "--dry-run", cwd=tmp_path
+    )
+    assert result["code"] == 0
+    assert {"aiohttp", "anyio", "engine.pipeline"} <= set(result["loaded"])  # type: ignore[arg-type]
+
+
+def test_a_run_that_skips_the_teardown_still_flushes_its_output_and_log(
+    run_cli, fake_api, sample_csv, tmp_path: Path
+) -> None:
+    """`ozbulk` exits without the interpreter's teardown, yet its stdout (even into a pipe that
+    buffers it), its --log-file and its --summary-json are complete, and the exit code is kept."""
+    server = fake_api()
+    source = sample_csv(500)
+    log_file, summary = tmp_path / "run.log", tmp_path / "summary.json"
+    buffered = {k: v for k, v in cli_env().items() if k != "PYTHONUNBUFFERED"}
+    args = delete_args(server, source, log_file=log_file, summary_json=summary)
+    done = run_cli(*args, env=buffered)
+    assert done.returncode == 0, done.output
+    assert done.stdout.rstrip().endswith("exit 0: complete: every number has a verdict")
+    assert "ozbulk summary" in done.stdout
+    assert json.loads(summary.read_text())["complete"] is True
+    logged = log_file.read_text()
+    assert "rows" in logged and logged.endswith("\n")
+    args = delete_args(server, source, group_id=999, checkpoint="other.ckpt")
+    failed = run_cli(*args, env=buffered)
+    assert failed.returncode == 3, failed.output  # an invalid group: the code survives os._exit
+    assert "resume with:" in failed.stdout
