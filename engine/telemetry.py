@@ -329,10 +329,13 @@ class Telemetry:
 
     async def request(self, answer: Awaitable[T], chunk_id: int, attempt: int, wait: float) -> T:
         """Await one request's answer, timing it and recording what it was."""
+        if self.first_request is None:
+            # Start-up ends here, exactly: account it now rather than at the next sample, which
+            # would give a start-up shorter than a sampling interval to "sending".
+            self.sample_now()
+            self.first_request = time.perf_counter()
         self.in_flight += 1
         start = time.perf_counter()
-        if self.first_request is None:
-            self.first_request = start
         try:
             verdict = await answer
         except Exception as error:

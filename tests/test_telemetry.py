@@ -163,6 +163,15 @@ async def test_a_cancelled_request_is_not_an_answer() -> None:
     assert telemetry.in_flight == 0 and sum(telemetry.kinds.values()) == 0
 
 
+async def test_start_up_is_counted_to_the_first_request_even_when_short() -> None:
+    """Start-up shorter than a sampling interval still counts as start-up, not as sending."""
+    telemetry = Telemetry()
+    await anyio.sleep(0.03)
+    await telemetry.request(anyio.sleep(0), 0, 1, 0.0)
+    assert telemetry.phases["start_up"] >= 0.025
+    assert telemetry.phases["sending"] == 0
+
+
 async def test_the_wait_for_the_pacer_is_timed_separately() -> None:
     """turn() hands back the ticket and records how long the wait took."""
     telemetry = Telemetry()
