@@ -212,6 +212,15 @@ def test_the_pace_says_what_the_pacer_holds_and_a_long_wait() -> None:
 DISPLAY = re.compile(r"deleting .*ETA \d+:\d\d:\d\d")
 
 
+def _run_with_a_display(fake_api, sample_csv, *, rate: int) -> tuple[Any, Path, list[str]]:
+    """A seeded fake API, 3,000 rows, and the arguments of a paced run that draws its display."""
+    source = sample_csv(3000)
+    server = fake_api()
+    server.state.seed(GROUP, accepted_numbers((str(source),)))
+    args = [a for a in delete_args(server, source, rate=rate) if a != "--no-progress"]
+    return server, source, args
+
+
 def _spawn(args: list[str], cwd: Path, columns: int) -> tuple[subprocess.Popen[bytes], int]:
     leader, follower = pty.openpty()
     fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, columns, 0, 0))
@@ -317,10 +326,7 @@ def _check_screens(shots: list[list[str]], columns: int, *, exact: bool, total: 
 def test_display_on_a_pseudo_terminal(fake_api, sample_csv, tmp_path, columns, confirm):
     """A paced run shows two lines that fit the terminal: bar, count, percentage, ETA, deleted
     and not found; the total is estimated with --yes and exact after the pre-scan."""
-    source = sample_csv(3000)
-    server = fake_api()
-    server.state.seed(GROUP, accepted_numbers((str(source),)))
-    args = [a for a in delete_args(server, source, rate=20) if a != "--no-progress"]
+    server, source, args = _run_with_a_display(fake_api, sample_csv, rate=20)
     if confirm:
         args.remove("--yes")
     process, leader = _spawn(args, tmp_path, columns)
@@ -345,11 +351,8 @@ def test_a_resume_on_a_pseudo_terminal_starts_from_the_work_done(
     """Stopped at 30 % and resumed (with --yes, or confirmed at the prompt after a plan that
     says it resumes): the first display of the resume already shows at least that share, and
     the total is exact (the stop came after the input was read)."""
-    source = sample_csv(3000)
-    server = fake_api()
-    server.state.seed(GROUP, accepted_numbers((str(source),)))
     # 10 requests a second: the resume's 70 % takes about 2 s, enough screens on a busy machine.
-    args = [a for a in delete_args(server, source, rate=10) if a != "--no-progress"]
+    server, source, args = _run_with_a_display(fake_api, sample_csv, rate=10)
     process, leader = _spawn(args, tmp_path, columns)
     try:
         _watch(process, leader, columns, stop_at=0.3)
