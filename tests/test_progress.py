@@ -326,7 +326,7 @@ def _check_screens(shots: list[list[str]], columns: int, *, exact: bool, total: 
 def test_display_on_a_pseudo_terminal(fake_api, sample_csv, tmp_path, columns, confirm):
     """A paced run shows two lines that fit the terminal: bar, count, percentage, ETA, deleted
     and not found; the total is estimated with --yes and exact after the pre-scan."""
-    server, source, args = _run_with_a_display(fake_api, sample_csv, rate=20)
+    _, source, args = _run_with_a_display(fake_api, sample_csv, rate=20)
     if confirm:
         args.remove("--yes")
     process, leader = _spawn(args, tmp_path, columns)
