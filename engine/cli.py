@@ -141,7 +141,8 @@ def _nearest(message: str) -> str:
     return f" (did you mean {match[0]}?)" if match else ""
 
 
-COMMANDS = ("delete", "config", "status", "report", "sample", "mock-server", "demo")
+COMMANDS = ("delete", "config", "status", "report", "sample", "mock-server", "demo", "completion")
+SHELLS = ("bash", "zsh")
 GLOBAL_SWITCHES = frozenset({"-v", "-vv", "-vvv", "--verbose", "-q", "--quiet"})
 GLOBAL_WITH_VALUE = frozenset({"--log-file", "--log-format"})
 
@@ -392,7 +393,16 @@ def build_parser() -> argparse.ArgumentParser:
         default=0,
         help="generate this many rows instead of using the sample file",
     )
-    ALL_PARSERS[:] = [parser, run, config, show, status, report, sample, mock, demo]
+    completion = commands.add_parser(
+        "completion",
+        parents=[common],
+        help='print a shell completion script: eval "$(ozbulk completion bash)"',
+        description="Print the completion script of ozbulk's commands and options for a shell. "
+        'bash: add  eval "$(ozbulk completion bash)"  to ~/.bashrc; zsh: write it to a file '
+        "named _ozbulk in a folder of $fpath.",
+    )
+    completion.add_argument("shell", choices=SHELLS)
+    ALL_PARSERS[:] = [parser, run, config, show, status, report, sample, mock, demo, completion]
     return parser
 
 
@@ -875,6 +885,12 @@ def _dispatch(args: argparse.Namespace, argv: list[str], sources: dict[str, str]
         from engine.status import show_status
 
         return show_status(args.checkpoint, as_json=args.json)
+    if command == "completion":
+        # shtab writes the script from the parser itself, so it never falls behind an option.
+        import shtab
+
+        print(shtab.complete(build_parser(), shell=args.shell))
+        return 0
     if command == "report":
         code = write_report_for(args.checkpoint, args.out)
         return plot_for(args.checkpoint, args.out) if args.plot else code

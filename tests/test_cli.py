@@ -462,3 +462,26 @@ def test_the_plan_of_retry_failed_counts_only_the_failed_chunks(
     assert again.returncode == 0, again.output
     assert f"requests     {failed:,} (--retry-failed" in again.stderr, again.stderr
     assert healthy.stats()["delete_requests"] == failed
+
+
+@pytest.mark.parametrize("shell", ["bash", "zsh"])
+def test_shell_completion_scripts_know_every_command_and_option(run_cli, shell: str) -> None:
+    """`ozbulk completion SHELL` prints a script that names the commands and delete's options;
+    the bash one is valid bash."""
+    result = run_cli("completion", shell)
+    assert result.returncode == 0, result.output
+    script = result.stdout
+    for word in (
+        "delete",
+        "status",
+        "mock-server",
+        "--rate",
+        "--allow-not-found",
+        "--metrics-port",
+    ):
+        assert word in script, word
+    if shell == "bash":
+        checked = subprocess.run(["bash", "-n"], input=script, text=True, capture_output=True)
+        assert checked.returncode == 0, checked.stderr
+    else:
+        assert script.startswith("#compdef ozbulk")
