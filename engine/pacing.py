@@ -145,7 +145,6 @@ class Pacer:
             raise ValueError(f"the pacer's ceiling must be > 0 requests/s (got {ceiling})")
         self.ceiling = ceiling
         self.unit = unit  # seconds of the unit --rate was given in, for display
-        self.auto = auto
         self._clock = clock
         # The default offset is right for the event loop's clock, which is time.monotonic.
         self.model = LimitModel(wall_offset=wall_offset, prior=prior)
