@@ -579,8 +579,10 @@ class Pacer:
         log.debug("probing above the server's limit: %s in %gs", self._probe_quota, window)
 
     def _announce_limit(self) -> None:
+        """Log the limit once it is pinned (one window length, bounds together), and again only
+        when it changes: not every step of a quota still being narrowed down."""
         limit = self.limit
-        if limit is None or limit.learned_at is None:
+        if limit is None or limit.learned_at is None or not self.model.pinned():
             return
         before = self._announced
         if before is not None and (before.quota, before.window, before.fixed) == (

@@ -9,6 +9,7 @@ into a minute (and into an hour), so a counter reset on the clock resets mid-run
 from __future__ import annotations
 
 import itertools
+import logging
 import math
 from collections.abc import Callable
 
@@ -348,3 +349,18 @@ def test_fake_quota_changes_after_its_first_request() -> None:
     assert sum(quota.admit() for _ in range(20)) == 10
     clock[0] = 6.0
     assert sum(quota.admit() for _ in range(20)) == 1
+
+
+def test_the_limit_is_logged_once_when_pinned_not_at_every_step(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A limit that halves is narrowed down request by request: one log line for the old limit,
+    one for the new, none for the quotas in between."""
+    server, _ = fake_server("120/min", changes=((120.0, "60/min"),))
+    with caplog.at_level(logging.INFO, logger="engine.pacing"):
+        run(make_pacer(), server, 420.0)
+    learned = [r.getMessage() for r in caplog.records if "server limit ≈" in r.getMessage()]
+    assert [line.split(";")[0] for line in learned] == [
+        "server limit ≈ 120 a minute, sliding window",
+        "server limit ≈ 60 a minute, sliding window",
+    ]
