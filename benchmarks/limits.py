@@ -98,6 +98,7 @@ class Outcome:
     learned: str | None = None  # the limit as ozbulk logged it
     log: list[tuple[float, str]] = field(default_factory=list)
     returncode: int | None = None
+    wall_origin: float = 0.0  # wall-clock time of the samples' second 0
 
     def admitted(self, at: float) -> int:
         """Admitted requests by ``at`` seconds (the last sample before it)."""
@@ -128,6 +129,7 @@ class Outcome:
         first = next((at for at, requests, _ in self.samples if requests), None)
         if first is not None:
             start = max(0.0, first - SAMPLE_S / 2)
+            self.wall_origin += start
             self.samples = [
                 (at - start, requests, refused) for at, requests, refused in self.samples
             ]
@@ -157,8 +159,13 @@ class Outcome:
             gaps = [b - a for a, b in itertools.pairwise(later)]
             figures["probes_after_first_minute"] = len(later)
             figures["closest_probes_s"] = min(gaps) if gaps else None
-        if self.learned_s is not None and end > self.learned_s:
-            learned = self.learned_s
+        learned = self.learned_s
+        if learned is not None and case.reset:
+            # A counter reset on the clock may be spent when its limit is learned: what it
+            # allows after that starts at its next reset.
+            wall = self.wall_origin + learned
+            learned += math.ceil(wall / case.window) * case.window - wall
+        if learned is not None and end > learned:
             admitted_after = self.admitted(end) - self.admitted(learned)
             figures["of_allowed_after"] = admitted_after / case.allowed(learned, end)
             windows = max(1, math.ceil((end - learned) / case.window))
@@ -201,6 +208,7 @@ def _run(case: Scenario, source: Path, folder: Path, outcome: Outcome) -> None:
         if case.rate is not None:
             client_command += ["--rate", case.rate]
         started = time.monotonic()
+        outcome.wall_origin = time.time()
         client = subprocess.Popen(
             client_command, cwd=folder, env=env, stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
