@@ -23,7 +23,7 @@ import sys
 import threading
 import time
 import urllib.request
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -80,12 +80,7 @@ def scenarios(quick: bool) -> list[Scenario]:
     ceilings = {"120/min": "4", "60/min": "2", "2000/h": "20", "50/s": "100"}
     out = []
     for case in cases:
-        out.append(case)
-        out.append(
-            Scenario(
-                case.name, case.limit, case.seconds, case.reset, case.change, ceilings[case.limit]
-            )
-        )
+        out += [case, replace(case, rate=ceilings[case.limit])]
     out.append(Scenario("60/min sliding, ceiling at the limit", "60/min", run, rate="60/min"))
     return out
 

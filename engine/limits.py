@@ -41,6 +41,8 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
+from engine.rates import UNIT_WORDS
+
 WINDOWS = (1.0, 10.0, 60.0, 300.0, 3600.0)  # seconds; at least these, per the API's neighbours
 LOG_AGE = WINDOWS[-1] + 60.0  # seconds of admissions kept, enough for the longest window
 LOG_MAX = 200_000  # admissions kept at most: at a higher rate an hour's window is not the limit
@@ -72,7 +74,7 @@ class Limit:
 
     def describe(self) -> str:
         """``120 a minute, sliding window``: the words an API document would use."""
-        words = {1.0: "a second", 60.0: "a minute", 3600.0: "an hour"}.get(self.window)
+        words = UNIT_WORDS.get(self.window)
         if words is None:
             words = (
                 f"every {self.window / 60:g} min"

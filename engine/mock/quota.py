@@ -49,7 +49,7 @@ class Quota:
         """The limit in force at ``now`` (after the changes that are due)."""
         if self._started is None:
             return self.rate
-        due = bisect.bisect_right([change.after for change in self.changes], now - self._started)
+        due = bisect.bisect_right(self.changes, now - self._started, key=lambda c: c.after)
         return self.changes[due - 1].rate if due else self.rate
 
     def admit(self) -> bool:
