@@ -37,7 +37,7 @@ from benchmarks.harness import (
     remove_checkpoint,
     run,
 )
-from engine.client import Verdict
+from engine.records import Verdict
 from engine.request_log import RequestLog
 from engine.telemetry import Telemetry
 

@@ -19,56 +19,18 @@ from __future__ import annotations
 import logging
 import os
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from operator import length_hint
 
 from pyroaring import BitMap64
 
 from engine.numbers import Normalizer
+from engine.records import Chunk, InputCounts, Reject
 from engine.settings import STATE_EVERY_ROWS, InputSettings
 from engine.source import CsvSource, FileLayout, ReadPosition, drop
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(slots=True)
-class Chunk:
-    """Up to 100 distinct numbers, with where each came from (file index and line).
-
-    The sequences are lists from an in-process producer and ``array`` objects from the producer
-    process (cheaper to ship); either way they are only read.
-    """
-
-    id: int
-    numbers: Sequence[int]
-    files: Sequence[int]
-    lines: Sequence[int]
-    in_doubt: bool = False
-    # The numbers as a JSON array in the request's form, when the producer process made it.
-    payload: bytes = b""
-
-
-@dataclass(slots=True)
-class InputCounts:
-    """What the producer has read so far; the buckets add up to ``rows``."""
-
-    rows: int = 0
-    accepted: int = 0
-    rejected: int = 0
-    duplicates: int = 0
-    chunks: int = 0
-    finished: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class Reject:
-    """A row that will not be sent: its file (index in the inputs), line, raw cell and why."""
-
-    file: int
-    line: int
-    raw: str
-    reason: str
 
 
 RejectSink = Callable[[Reject], None]

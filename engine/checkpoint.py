@@ -52,9 +52,9 @@ from typing import Any
 
 from pyroaring import BitMap
 
-from engine.batcher import Reject
 from engine.errors import CheckpointError, CheckpointMismatch, CheckpointWriteError
 from engine.files import PRIVATE_FILE, make_private_dir, write_private_text
+from engine.records import Reject
 from engine.redact import REDACTOR
 
 # Every text a row stores passes the redactor: a reason may quote a server that echoed a secret.

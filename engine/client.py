@@ -48,6 +48,7 @@ from engine.errors import (
     TransportError,
 )
 from engine.pacing import Pacer
+from engine.records import Verdict
 from engine.redact import REDACTOR, snippet
 from engine.settings import RunSettings
 
@@ -59,15 +60,6 @@ KEEPALIVE_S = 4.0
 MESSAGE_CHARS = 200
 TOKEN_MESSAGES = ("token expired", "invalid token", "token should not be null")
 AUTH_MESSAGES = ("invalid username or apikey", "username is null", "unauthori")
-
-
-@dataclass(frozen=True, slots=True)
-class Verdict:
-    """A successful answer: how many numbers the API accepted, which it refused, how many went."""
-
-    success: int
-    error: list[str]
-    deleted: int
 
 
 @dataclass(slots=True)

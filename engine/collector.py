@@ -45,14 +45,13 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 from pyroaring import BitMap
 
 from engine import streams
-from engine.batcher import Chunk, InputCounts, Reject
 from engine.checkpoint import DONE, FAILED, Checkpoint, ChunkRecord
 from engine.errors import CircuitOpen
 from engine.guard import COUNTER_KEY as GUARD_KEY
 from engine.guard import NotFoundGuard
 from engine.limits import Limit
+from engine.records import Chunk, ChunkResult, InputCounts, LiveStats, Reject
 from engine.telemetry import Telemetry
-from engine.workers import ChunkResult, LiveStats
 
 log = logging.getLogger(__name__)
 

@@ -26,7 +26,7 @@ from typing import Any
 import anyio
 
 from engine import streams
-from engine.batcher import Chunk, InputCounts, Producer
+from engine.batcher import Producer
 from engine.checkpoint import (
     DONE,
     FAILED,
@@ -46,11 +46,12 @@ from engine.limits import Limit, describe_limit
 from engine.numbers import Normalizer, formatter
 from engine.pacing import Pacer
 from engine.producer_process import ProducerInProcess, ProducerProcess, Selection
+from engine.records import Chunk, ChunkResult, InputCounts, LiveStats
 from engine.redact import REDACTOR
 from engine.report import default_report_dir, write_report
 from engine.settings import RunSettings
 from engine.telemetry import Telemetry
-from engine.workers import ChunkResult, LiveStats, WorkerContext, worker
+from engine.workers import WorkerContext, worker
 
 log = logging.getLogger(__name__)
 

@@ -15,13 +15,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from engine.batcher import InputCounts, Producer, Reject
+from engine.batcher import Producer
 from engine.checkpoint import Checkpoint, _explain_difference
 from engine.errors import CheckpointError, CheckpointMismatch
 from engine.files import SafeCsvWriter, make_private_dir, open_private
 from engine.limits import Limit
 from engine.numbers import Normalizer
 from engine.progress import Expected
+from engine.records import InputCounts, Reject
 from engine.settings import RunSettings
 
 # Reading this much twice costs a few seconds at most; bigger inputs get an estimate.

@@ -42,10 +42,11 @@ import orjson
 from pyroaring import BitMap
 
 from engine import state_file
-from engine.batcher import InputCounts, Producer, ProducerState
+from engine.batcher import Producer, ProducerState
 from engine.errors import InputError
 from engine.files import PRIVATE_FILE, make_private_dir
 from engine.numbers import Normalizer, formatter
+from engine.records import InputCounts
 from engine.settings import STATE_EVERY_ROWS, InputSettings
 
 # Chunks per "batch" message: enough that the parent, when it waits for chunks, is woken once

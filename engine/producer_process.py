@@ -36,9 +36,10 @@ import anyio
 import anyio.lowlevel
 import anyio.to_thread
 
-from engine.batcher import Chunk, InputCounts, Producer, Reject, RejectSink
+from engine.batcher import Producer, RejectSink
 from engine.errors import InputError
 from engine.producer_child import FRAME_HEADER, Job
+from engine.records import Chunk, InputCounts, Reject
 from engine.settings import STATE_EVERY_ROWS, InputSettings
 
 log = logging.getLogger(__name__)

@@ -28,7 +28,8 @@ from typing import Any
 import orjson
 from pyroaring import BitMap64
 
-from engine.batcher import InputCounts, ProducerState
+from engine.batcher import ProducerState
+from engine.records import InputCounts
 from engine.settings import MAX_BATCH
 from engine.source import FileLayout, ReadPosition
 

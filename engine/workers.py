@@ -26,8 +26,7 @@ import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from engine import streams
-from engine.batcher import Chunk
-from engine.client import Expected, OzonetelClient, Verdict
+from engine.client import Expected, OzonetelClient
 from engine.errors import (
     AuthError,
     FatalApiError,
@@ -39,40 +38,13 @@ from engine.errors import (
 )
 from engine.guard import FirstContact
 from engine.pacing import Pacer
+from engine.records import Chunk, ChunkResult, LiveStats
 from engine.telemetry import Telemetry
 
 RATE_LIMITED_ATTEMPTS_FACTOR = 10
 # A backstop: TokenAuth stops a run whose fresh tokens are refused; this stops a chunk whose
 # token keeps being replaced under it (another client minting tokens for the account).
 TOKEN_REFUSALS_MAX = 5
-
-
-@dataclass(slots=True)
-class LiveStats:
-    """Counters the workers bump and the progress display reads; one event loop, no locks."""
-
-    requests: int = 0
-    retries: int = 0
-    rate_limited: int = 0
-    in_flight: int = 0
-    transport_errors: int = 0
-    server_errors: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class ChunkResult:
-    """A chunk with its verdict, or with the reason it failed after every attempt."""
-
-    chunk: Chunk
-    attempts: int
-    verdict: Verdict | None
-    reason: str = ""
-    # Set when an attempt of this pass may have been applied and the chunk was sent again.
-    doubt: str = ""
-
-    @property
-    def failed(self) -> bool:
-        return self.verdict is None
 
 
 # -v shows one line per retry, -vv one per request (the command line sets their levels).

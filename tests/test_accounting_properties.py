@@ -22,8 +22,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import engine.source
-from engine.batcher import Producer, Reject
+from engine.batcher import Producer
 from engine.numbers import Normalizer, Rejected
+from engine.records import Reject
 from engine.settings import InputSettings
 
 NORMALIZER = Normalizer("IN")

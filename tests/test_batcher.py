@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from engine.batcher import Chunk, Producer, Reject, SeenNumbers, accepted_numbers
+from engine.batcher import Producer, SeenNumbers, accepted_numbers
 from engine.numbers import Normalizer
+from engine.records import Chunk, Reject
 from engine.settings import InputSettings
 from engine.source import BATCH_ROWS
 

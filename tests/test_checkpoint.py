@@ -16,7 +16,6 @@ from typing import Any
 
 import pytest
 
-from engine.batcher import Reject
 from engine.checkpoint import (
     DONE,
     FAILED,
@@ -28,6 +27,7 @@ from engine.checkpoint import (
     states_dir,
 )
 from engine.errors import CheckpointError, CheckpointMismatch, CheckpointWriteError
+from engine.records import Reject
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -24,13 +24,7 @@ from aioresponses import aioresponses
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
-from engine.client import (
-    OzonetelClient,
-    Verdict,
-    classify,
-    parse_retry_after,
-    translate_transport_error,
-)
+from engine.client import OzonetelClient, classify, parse_retry_after, translate_transport_error
 from engine.errors import (
     ApiError,
     AuthError,
@@ -42,6 +36,7 @@ from engine.errors import (
     TokenRejected,
     TransportError,
 )
+from engine.records import Verdict
 from engine.settings import InputSettings, RunSettings, Secret
 
 BASE = "https://api.example.test"

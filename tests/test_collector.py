@@ -11,9 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from engine.batcher import Chunk, InputCounts, Reject
 from engine.checkpoint import DONE, FAILED, Checkpoint
-from engine.client import Verdict
 from engine.collector import (
     RESENT_AFTER_FAILURE,
     RESENT_AFTER_INTERRUPTION,
@@ -21,7 +19,7 @@ from engine.collector import (
     Collector,
 )
 from engine.errors import CircuitOpen
-from engine.workers import ChunkResult, LiveStats
+from engine.records import Chunk, ChunkResult, InputCounts, LiveStats, Reject, Verdict
 from tests.test_checkpoint import IDENTITY, SETTINGS
 
 HORIZON_STEP = 64

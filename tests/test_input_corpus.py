@@ -15,9 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from engine.batcher import Producer, Reject, accepted_numbers
+from engine.batcher import Producer, accepted_numbers
 from engine.errors import InputError
 from engine.numbers import Normalizer
+from engine.records import Reject
 from engine.settings import InputSettings
 from tests.conftest import GROUP, delete_args
 

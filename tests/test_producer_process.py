@@ -18,11 +18,12 @@ import pytest
 from pyroaring import BitMap
 
 from engine import producer_process
-from engine.batcher import Chunk, Producer, Reject
+from engine.batcher import Producer
 from engine.errors import InputError
 from engine.numbers import Normalizer
 from engine.producer_child import FRAME_HEADER
 from engine.producer_process import FrameReader, ProducerProcess, Selection
+from engine.records import Chunk, Reject
 from engine.settings import InputSettings
 
 

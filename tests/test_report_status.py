@@ -10,11 +10,11 @@ from typing import Any
 
 import pytest
 
-from engine.batcher import Reject
 from engine.checkpoint import DONE, FAILED, SCHEMA_VERSION, Checkpoint, ChunkRecord, fingerprint
 from engine.collector import RESENT_AFTER_INTERRUPTION
 from engine.errors import CheckpointError
 from engine.files import spreadsheet_safe
+from engine.records import Reject
 from engine.report import REPORT_FILES, summary_from_checkpoint, write_report
 from engine.status import describe, render, resume_command, show_status, write_report_for
 from tests.test_checkpoint import IDENTITY

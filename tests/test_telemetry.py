@@ -15,7 +15,6 @@ import anyio.lowlevel
 import pytest
 
 from engine.checkpoint import Checkpoint
-from engine.client import Verdict
 from engine.errors import (
     AuthError,
     RateLimited,
@@ -25,6 +24,7 @@ from engine.errors import (
     UsageError,
 )
 from engine.exporters import TelemetryOptions
+from engine.records import Verdict
 from engine.request_log import HEADER, RequestLog
 from engine.telemetry import (
     BUCKET_S,

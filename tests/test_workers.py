@@ -18,8 +18,7 @@ import orjson
 import pytest
 
 from engine import workers
-from engine.batcher import Chunk
-from engine.client import OzonetelClient, Verdict
+from engine.client import OzonetelClient
 from engine.errors import (
     AuthError,
     InvalidGroupError,
@@ -30,8 +29,9 @@ from engine.errors import (
 )
 from engine.mock import MockConfig, MockServer
 from engine.pacing import Pacer
+from engine.records import Chunk, ChunkResult, LiveStats, Verdict
 from engine.settings import InputSettings, RunSettings, Secret
-from engine.workers import ChunkResult, LiveStats, WorkerContext, backoff_delay, send_chunk, worker
+from engine.workers import WorkerContext, backoff_delay, send_chunk, worker
 from tests.test_pacing import now, run_virtual
 
 OK = Verdict(success=2, error=[], deleted=2)
