@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -50,6 +50,7 @@ from engine.errors import CircuitOpen
 from engine.guard import COUNTER_KEY as GUARD_KEY
 from engine.guard import NotFoundGuard
 from engine.limits import Limit
+from engine.pass_start import PassStart
 from engine.records import Chunk, ChunkResult, InputCounts, LiveStats, Reject
 from engine.telemetry import Telemetry
 
@@ -126,8 +127,8 @@ class Collector:
         self,
         checkpoint: Checkpoint,
         *,
+        start: PassStart,
         stats: LiveStats,
-        counters: dict[str, Any],
         breaker: CircuitBreaker,
         guard: NotFoundGuard | None = None,
         write: Any,
@@ -139,7 +140,8 @@ class Collector:
         self.checkpoint = checkpoint
         self.stats = stats
         self.totals = Totals()
-        self._counters_before = dict(counters)
+        self._set_totals(start.sums)
+        self._counters_before = dict(start.counters)
         self._breaker = breaker
         self.guard = guard
         self._write = write
@@ -147,12 +149,11 @@ class Collector:
         self._horizon_step = horizon_step
         self._server_limit = server_limit
         self.telemetry = telemetry
-        self._horizon = checkpoint.meta("horizon", 0)
         # Chunks recorded as failed by an earlier pass: resending one replaces its old outcome.
-        self._failed_before = checkpoint.ids(FAILED)
-        self._failed_in_doubt = checkpoint.ids(FAILED, in_doubt=True)
+        self._failed_before = BitMap(start.failed)
+        self._failed_in_doubt = BitMap(start.failed_in_doubt)
         # In doubt from every earlier pass (see the module's docstring).
-        self._in_doubt_settled = self._settle_earlier_passes()
+        self._in_doubt_settled = self._settle_earlier_passes(start)
         self._horizon = 0
         # This pass: chunks handed to the workers, reported sent (if the workers say), finished;
         # and handed over but not yet committed.
@@ -166,22 +167,20 @@ class Collector:
         self._rejects: list[Reject] = []
         self._producer_state: tuple[int, str] | None = None
         self.token_refreshes: Any = lambda: 0
-        self.token_issued_at: Any = lambda: list(counters.get("token_issued_at", []))
+        self.token_issued_at: Any = lambda: list(start.token_issued_at)
         # The producer's live counts, set by the pipeline; stored so that `ozbulk status` can
         # tell how many chunks remain. A complete reading, once stored, is final.
         self.input_counts: InputCounts | None = None
-        self._input_stored: dict[str, Any] = checkpoint.meta("input") or {}
+        self._input_stored: dict[str, Any] = dict(start.input)
 
-    def _settle_earlier_passes(self) -> BitMap:
+    def _settle_earlier_passes(self, start: PassStart) -> BitMap:
         """What earlier passes may have sent without a record, stored as the exact set."""
-        checkpoint = self.checkpoint
-        settled = BitMap(checkpoint.meta("in_doubt", []) or [])
-        horizon = checkpoint.meta("horizon", 0)
-        if not horizon:
+        settled = BitMap(start.in_doubt)
+        if not start.horizon:
             return settled  # the last pass ended in order
-        settled |= left_by_a_dead_pass(horizon, checkpoint.meta("unsettled"))
-        settled -= checkpoint.ids(DONE)
-        checkpoint.settle(list(settled))
+        settled |= left_by_a_dead_pass(start.horizon, start.unsettled)
+        settled -= start.done
+        self.checkpoint.settle(list(settled))
         return settled
 
     def _unsettled(self, pending: BitMap) -> dict[str, Any]:
@@ -189,7 +188,10 @@ class Collector:
         return {"pending": list(pending), "dispatched_to": dispatched_to, "horizon": self._horizon}
 
     def load_totals(self) -> None:
-        sums = self.checkpoint.sums()
+        """Read the totals again from what the checkpoint holds (after a failed write)."""
+        self._set_totals(self.checkpoint.sums())
+
+    def _set_totals(self, sums: Mapping[str, int]) -> None:
         totals = self.totals
         totals.chunks_done, totals.chunks_failed = sums["chunks_done"], sums["chunks_failed"]
         totals.sent, totals.success = sums["sent"], sums["success"]

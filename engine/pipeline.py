@@ -28,8 +28,6 @@ import anyio
 from engine import streams
 from engine.batcher import Producer
 from engine.checkpoint import (
-    DONE,
-    FAILED,
     Checkpoint,
     fingerprint,
     fingerprint_file,
@@ -42,9 +40,10 @@ from engine.errors import CheckpointWriteError, InputError, InputFailedMidRun, O
 from engine.exporters import Exporters, TelemetryOptions
 from engine.guard import COUNTER_KEY as GUARD_KEY
 from engine.guard import FirstContact, NotFoundGuard
-from engine.limits import Limit, describe_limit
+from engine.limits import describe_limit
 from engine.numbers import Normalizer, formatter
 from engine.pacing import Pacer
+from engine.pass_start import PassStart
 from engine.producer_process import ProducerInProcess, ProducerProcess, Selection
 from engine.records import Chunk, ChunkResult, InputCounts, LiveStats
 from engine.redact import REDACTOR
@@ -128,32 +127,29 @@ class Run:
         self.normalizer = Normalizer(settings.inputs.country)
         self.write = formatter(settings.inputs.number_format, self.normalizer.country_code)
         self.stats = LiveStats()
-        counters = checkpoint.meta("counters", {}) or {}
-        # The limit an earlier pass learned: pacing starts there instead of finding it again.
+        # The checkpoint as earlier passes left it, read once; the stages take their parts.
+        self.start = start = PassStart.load(checkpoint)
         self.pacer = Pacer(
             settings.rate,
             auto=settings.rate_auto and settings.rate is None,
-            prior=Limit.from_json(counters.get("server_limit")),
+            prior=start.server_limit,
             unit=settings.rate_per,
         )
-        self.telemetry = Telemetry(
-            checkpoint.meta("telemetry"), pass_number=counters.get("passes", 0) + 1
-        )
+        self.telemetry = Telemetry(start.telemetry, pass_number=start.passes + 1)
         self.telemetry.pacer = self.pacer
-        self.done = checkpoint.ids(DONE)
-        self.failed_before = checkpoint.ids(FAILED)
-        counters = checkpoint.meta("counters", {}) or {}
+        # The selection's view of them (see _chunk_source and should_send).
+        self.done, self.failed_before = start.done, start.failed
         self.guard = NotFoundGuard(
-            counters.get(GUARD_KEY),
+            start.counters.get(GUARD_KEY),
             allow=settings.allow_not_found,
-            deleted_before=checkpoint.sums()["deleted"],
+            deleted_before=start.sums["deleted"],
             group_id=settings.group_id,
             number_example=self.write(int(f"{self.normalizer.country_code}9876543210")),
         )
         self.collector = Collector(
             checkpoint,
+            start=start,
             stats=self.stats,
-            counters=counters,
             breaker=CircuitBreaker(settings.breaker_window, settings.breaker_ratio),
             guard=self.guard,
             write=self.write,
@@ -162,7 +158,6 @@ class Run:
             server_limit=lambda: self.pacer.limit,
             telemetry=self.telemetry,
         )
-        self.collector.load_totals()
         self.source = self._chunk_source()
         self.collector.input_counts = self.source.counts  # stored for `ozbulk status`
         self.telemetry.input_finished = lambda: self.source.counts.finished
@@ -250,7 +245,7 @@ class Run:
         except OzbulkError as refused:
             return refused
         async with OzonetelClient.open_session(settings) as session:
-            earlier = (self.checkpoint.meta("counters", {}) or {}).get("token_issued_at", [])
+            earlier = self.start.token_issued_at
             client = OzonetelClient(settings, session, pacer=self.pacer, token_issued_at=earlier)
             self.collector.token_refreshes = lambda: client.auth.refreshes
             self.collector.token_issued_at = client.auth.issued_at

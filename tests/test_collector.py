@@ -19,6 +19,7 @@ from engine.collector import (
     Collector,
 )
 from engine.errors import CircuitOpen
+from engine.pass_start import PassStart
 from engine.records import Chunk, ChunkResult, InputCounts, LiveStats, Reject, Verdict
 from tests.test_checkpoint import IDENTITY, SETTINGS
 
@@ -47,17 +48,15 @@ def collector_for(
     checkpoint: Checkpoint, *, window: int = 1000, ratio: float = 1.0, interval: float = 0.05
 ) -> Collector:
     """A collector as the pipeline builds one for a pass over ``checkpoint``."""
-    collector = Collector(
+    return Collector(
         checkpoint,
+        start=PassStart.load(checkpoint),
         stats=LiveStats(),
-        counters=checkpoint.meta("counters", {}) or {},
         breaker=CircuitBreaker(window, ratio),
         write=str,
         commit_interval=interval,
         horizon_step=HORIZON_STEP,
     )
-    collector.load_totals()
-    return collector
 
 
 @pytest.fixture
