@@ -34,10 +34,10 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any
+from typing import Any, Protocol
 
 import anyio
 import anyio.to_thread
@@ -120,6 +120,35 @@ def _error_detail(chunk: Chunk, errors: list[str], write: Any) -> list[tuple[str
     return [(text, *where.get(text, (-1, 0))) for text in errors]
 
 
+class TokenMinter(Protocol):
+    """What the checkpoint keeps of the run's auth (``engine.auth.Auth`` has it)."""
+
+    refreshes: int
+
+    def issued_at(self) -> list[float]: ...
+
+
+class Tokens:
+    """The run's tokens, as the checkpoint keeps them.
+
+    Made before the collector, with the tokens earlier passes minted; the client's auth, made
+    once the session opens (before any request), takes over with :meth:`follow`.
+    """
+
+    def __init__(self, earlier: Iterable[float] = ()) -> None:
+        self._earlier = list(earlier)
+        self._auth: TokenMinter | None = None
+
+    def follow(self, auth: TokenMinter) -> None:
+        self._auth = auth
+
+    def refreshes(self) -> int:
+        return 0 if self._auth is None else self._auth.refreshes
+
+    def issued_at(self) -> list[float]:
+        return list(self._earlier) if self._auth is None else self._auth.issued_at()
+
+
 class Collector:
     """Merge results into totals and the checkpoint; owns every write to the checkpoint."""
 
@@ -136,6 +165,8 @@ class Collector:
         horizon_step: int,
         server_limit: Callable[[], Limit | None] = lambda: None,
         telemetry: Telemetry | None = None,
+        tokens: Tokens | None = None,
+        input_counts: Callable[[], InputCounts | None] = lambda: None,
     ) -> None:
         self.checkpoint = checkpoint
         self.stats = stats
@@ -166,11 +197,10 @@ class Collector:
         self._records: list[ChunkRecord] = []
         self._rejects: list[Reject] = []
         self._producer_state: tuple[int, str] | None = None
-        self.token_refreshes: Any = lambda: 0
-        self.token_issued_at: Any = lambda: list(start.token_issued_at)
-        # The producer's live counts, set by the pipeline; stored so that `ozbulk status` can
-        # tell how many chunks remain. A complete reading, once stored, is final.
-        self.input_counts: InputCounts | None = None
+        self._tokens = tokens or Tokens(start.token_issued_at)
+        # The producer's live counts, stored so that `ozbulk status` can tell how many chunks
+        # remain. A complete reading, once stored, is final.
+        self._input_counts = input_counts
         self._input_stored: dict[str, Any] = dict(start.input)
 
     def _settle_earlier_passes(self, start: PassStart) -> BitMap:
@@ -365,7 +395,7 @@ class Collector:
         before, stats = self._counters_before, self.stats
         return {
             # Kept so that a resume within the hour still counts them against the budget.
-            "token_issued_at": self.token_issued_at(),
+            "token_issued_at": self._tokens.issued_at(),
             "requests": before.get("requests", 0) + stats.requests,
             "retries": before.get("retries", 0) + stats.retries,
             "rate_limited": before.get("rate_limited", 0) + stats.rate_limited,
@@ -394,7 +424,7 @@ class Collector:
 
     def _input_update(self) -> dict[str, Any] | None:
         """What the input holds, if it says more than the checkpoint already knows."""
-        counts = self.input_counts
+        counts = self._input_counts()
         stored = self._input_stored
         if counts is None or stored.get("finished") or counts.rows < stored.get("rows", 0):
             return None
@@ -407,6 +437,10 @@ class Collector:
             "finished": counts.finished,
         }
         return self._input_stored
+
+    def token_refreshes(self) -> int:
+        """Tokens minted in this pass after the first."""
+        return self._tokens.refreshes()
 
     @property
     def pending(self) -> int:

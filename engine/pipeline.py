@@ -35,7 +35,7 @@ from engine.checkpoint import (
     states_dir,
 )
 from engine.client import OzonetelClient
-from engine.collector import CircuitBreaker, Collector
+from engine.collector import CircuitBreaker, Collector, Tokens
 from engine.errors import CheckpointWriteError, InputError, InputFailedMidRun, OzbulkError
 from engine.exporters import Exporters, TelemetryOptions
 from engine.guard import COUNTER_KEY as GUARD_KEY
@@ -146,6 +146,8 @@ class Run:
             group_id=settings.group_id,
             number_example=self.write(int(f"{self.normalizer.country_code}9876543210")),
         )
+        # The client's auth fills them in once the session opens (see execute).
+        self.tokens = Tokens(start.token_issued_at)
         self.collector = Collector(
             checkpoint,
             start=start,
@@ -157,9 +159,12 @@ class Run:
             horizon_step=horizon_step(settings.concurrency),
             server_limit=lambda: self.pacer.limit,
             telemetry=self.telemetry,
+            tokens=self.tokens,
+            # The source is made next (it reports rejects to the collector); nothing is
+            # committed before execute.
+            input_counts=lambda: self.source.counts,
         )
         self.source = self._chunk_source()
-        self.collector.input_counts = self.source.counts  # stored for `ozbulk status`
         self.telemetry.input_finished = lambda: self.source.counts.finished
         self.stopping = anyio.Event()
         self.started = time.monotonic()
@@ -246,9 +251,9 @@ class Run:
             return refused
         async with OzonetelClient.open_session(settings) as session:
             earlier = self.start.token_issued_at
+            # The workers' pacer: token requests count against the same server window.
             client = OzonetelClient(settings, session, pacer=self.pacer, token_issued_at=earlier)
-            self.collector.token_refreshes = lambda: client.auth.refreshes
-            self.collector.token_issued_at = client.auth.issued_at
+            self.tokens.follow(client.auth)
             context = WorkerContext(
                 client=client,
                 pacer=self.pacer,

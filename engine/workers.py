@@ -70,11 +70,6 @@ class WorkerContext:
     first_contact: FirstContact | None = None
     telemetry: Telemetry = field(default_factory=Telemetry)
 
-    def __post_init__(self) -> None:
-        # Token requests count against the same server window as the deletes.
-        if self.client.pacer is None:
-            self.client.pacer = self.pacer
-
 
 def backoff_delay(attempt: int, base: float, cap: float) -> float:
     """Full jitter: uniform in [0, min(cap, base * 2^(attempt-1))]."""

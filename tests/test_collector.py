@@ -45,7 +45,12 @@ def failure(chunk: Chunk, reason: str = "HTTP 503") -> ChunkResult:
 
 
 def collector_for(
-    checkpoint: Checkpoint, *, window: int = 1000, ratio: float = 1.0, interval: float = 0.05
+    checkpoint: Checkpoint,
+    *,
+    window: int = 1000,
+    ratio: float = 1.0,
+    interval: float = 0.05,
+    input_counts: InputCounts | None = None,
 ) -> Collector:
     """A collector as the pipeline builds one for a pass over ``checkpoint``."""
     return Collector(
@@ -56,6 +61,7 @@ def collector_for(
         write=str,
         commit_interval=interval,
         horizon_step=HORIZON_STEP,
+        input_counts=lambda: input_counts,
     )
 
 
@@ -309,9 +315,8 @@ def test_input_counts_are_stored_and_a_complete_reading_is_never_replaced(
     checkpoint: Checkpoint,
 ) -> None:
     """A finished reading of the input is final; a later pass's partial counts do not shrink it."""
-    collector = collector_for(checkpoint)
     counts = InputCounts(rows=500, accepted=480, rejected=10, duplicates=10, chunks=5)
-    collector.input_counts = counts
+    collector = collector_for(checkpoint, input_counts=counts)
     collector.commit()
     assert checkpoint.meta("input")["finished"] is False
     counts.finished = True
@@ -319,8 +324,7 @@ def test_input_counts_are_stored_and_a_complete_reading_is_never_replaced(
     complete = checkpoint.meta("input")
     assert complete == {"rows": 500, "accepted": 480, "rejected": 10, "duplicates": 10,
                         "chunks": 5, "finished": True}  # fmt: skip
-    next_pass = collector_for(checkpoint)
-    next_pass.input_counts = InputCounts(rows=20, accepted=20, chunks=0)
+    next_pass = collector_for(checkpoint, input_counts=InputCounts(rows=20, accepted=20, chunks=0))
     next_pass.commit()
     assert checkpoint.meta("input") == complete
 

@@ -61,7 +61,6 @@ class ScriptedClient:
 
     scripts: dict[int, list[Verdict | Exception]]
     auth: FakeAuth = field(default_factory=FakeAuth)
-    pacer: Pacer | None = None
     sent_at: list[float] = field(default_factory=list)
 
     def body(self, numbers: list[str]) -> bytes:
@@ -300,10 +299,11 @@ async def test_a_hanging_server_never_hangs_the_chunk(tmp_path: Path) -> None:
     async with MockServer(config) as server:
         settings = _settings(server.url, tmp_path, read_timeout=0.3, max_attempts=2)
         async with OzonetelClient.open_session(settings) as session:
-            client = OzonetelClient(settings, session)
+            pacer = Pacer(None)
+            client = OzonetelClient(settings, session, pacer=pacer)
             ctx = WorkerContext(
                 client=client,
-                pacer=Pacer(None),
+                pacer=pacer,
                 stats=LiveStats(),
                 max_attempts=2,
                 backoff_base=0.01,
