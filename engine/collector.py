@@ -189,6 +189,8 @@ class Collector:
         # This pass: chunks handed to the workers, reported sent (if the workers say), finished;
         # and handed over but not yet committed.
         self._dispatched = BitMap()
+        # Of those, the chunks an earlier pass may have applied (marked when handed over).
+        self._resent_in_doubt = BitMap()
         self._uncommitted = BitMap()
         self._sent = BitMap()
         self._sent_reported = False
@@ -247,12 +249,16 @@ class Collector:
         finds it covered.
         """
         if chunk.id in self._in_doubt_settled or chunk.id in self._failed_before:
-            chunk.in_doubt = True
+            self._resent_in_doubt.add(chunk.id)
         self._dispatched.add(chunk.id)
         self._uncommitted.add(chunk.id)
         if self._needs_horizon(chunk):
             self._horizon = chunk.id + self._horizon_step
             self.checkpoint.set_horizon(self._horizon, self._unsettled(self._uncommitted))
+
+    def goes_out_in_doubt(self, chunk_id: int) -> bool:
+        """Whether a chunk this pass handed over may have been applied by an earlier pass."""
+        return chunk_id in self._resent_in_doubt
 
     def _needs_horizon(self, chunk: Chunk) -> bool:
         return chunk.id >= self._horizon and not self._settled
@@ -348,7 +354,9 @@ class Collector:
             if chunk.id in self._failed_in_doubt:
                 self._failed_in_doubt.discard(chunk.id)
                 totals.in_doubt_chunks -= 1
-        if chunk.in_doubt:
+        doubt = self._doubt(result, failed_before)
+        in_doubt = bool(doubt)
+        if in_doubt:
             totals.in_doubt_chunks += 1
         if verdict is None:
             totals.chunks_failed += 1
@@ -358,7 +366,7 @@ class Collector:
                 for number, file, line in zip(chunk.numbers, chunk.files, chunk.lines, strict=True)
             ]
             record = ChunkRecord(
-                chunk.id, FAILED, len(chunk.numbers), 0, 0, 0, result.attempts, chunk.in_doubt,
+                chunk.id, FAILED, len(chunk.numbers), 0, 0, 0, result.attempts, in_doubt,
                 result.reason, detail,
             )  # fmt: skip
             log.warning(
@@ -370,26 +378,31 @@ class Collector:
             totals.success += verdict.success
             totals.error += len(verdict.error)
             totals.deleted += verdict.deleted
-            if chunk.in_doubt:
+            if in_doubt:
                 totals.probably_deleted_earlier += (
                     len(chunk.numbers) - verdict.deleted - len(verdict.error)
                 )
-            why = ""
-            if result.doubt:
-                why = result.doubt
-            elif chunk.in_doubt:
-                why = RESENT_AFTER_FAILURE if failed_before else RESENT_AFTER_INTERRUPTION
             record = ChunkRecord(
                 chunk.id, DONE, len(chunk.numbers), verdict.success, len(verdict.error),
-                verdict.deleted, result.attempts, chunk.in_doubt, why,
+                verdict.deleted, result.attempts, in_doubt, doubt,
                 _error_detail(chunk, verdict.error, self._write),
             )  # fmt: skip
         self._records.append(record)
         self._breaker.record(result.failed)
         if verdict is not None and self.guard is not None:
             self.guard.record(
-                len(chunk.numbers), verdict.deleted, len(verdict.error), in_doubt=chunk.in_doubt
+                len(chunk.numbers), verdict.deleted, len(verdict.error), in_doubt=in_doubt
             )
+
+    def _doubt(self, result: ChunkResult, failed_before: bool) -> str:
+        """Why the chunk's row is in doubt, or "" if it is not.
+
+        An earlier pass that may have applied the chunk is the reason given, even when an
+        attempt of this pass may have applied it too: the earlier one deleted first.
+        """
+        if result.chunk.id in self._resent_in_doubt:
+            return RESENT_AFTER_FAILURE if failed_before else RESENT_AFTER_INTERRUPTION
+        return result.doubt
 
     def counters(self) -> dict[str, Any]:
         before, stats = self._counters_before, self.stats

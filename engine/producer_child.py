@@ -154,7 +154,7 @@ def produce(job: Job, frames: FrameWriter) -> None:
     rejects and (if asked) states."""
     inputs, wanted = job.inputs, skip_predicate(job.skip, job.only)
     rejects: list[tuple[int, int, str, str]] = []
-    chunks: list[tuple[int, array[int], array[int], array[int], bool, bytes]] = []
+    chunks: list[tuple[int, array[int], array[int], array[int], bytes]] = []
     start = None if job.start is None else load_state(Path(job.start))
     # Every chunk before a state was finished when the run that stored it stopped.
     skipped = 0 if start is None else start.counts.chunks
@@ -191,7 +191,7 @@ def produce(job: Job, frames: FrameWriter) -> None:
             # each instead of three hundred int objects.
             payload = orjson.dumps(list(map(write, chunk.numbers)))
             chunks.append((chunk.id, array("q", chunk.numbers), array("I", chunk.files),
-                           array("q", chunk.lines), False, payload))  # fmt: skip
+                           array("q", chunk.lines), payload))  # fmt: skip
         else:
             skipped += 1
         if len(chunks) >= CHUNKS_PER_MESSAGE or len(rejects) >= REJECTS_PER_MESSAGE:

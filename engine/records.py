@@ -15,19 +15,19 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class Chunk:
     """Up to 100 distinct numbers, with where each came from (file index and line).
 
     The sequences are lists from an in-process producer and ``array`` objects from the producer
-    process (cheaper to ship); either way they are only read.
+    process (cheaper to ship); either way they are only read. Whether a chunk goes out in doubt
+    is the collector's to know (it keeps what earlier passes left), not the chunk's.
     """
 
     id: int
     numbers: Sequence[int]
     files: Sequence[int]
     lines: Sequence[int]
-    in_doubt: bool = False
     # The numbers as a JSON array in the request's form, when the producer process made it.
     payload: bytes = b""
 

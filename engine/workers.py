@@ -121,11 +121,11 @@ async def send_chunk(chunk: Chunk, context: WorkerContext) -> ChunkResult | None
         except TransportError as error:
             pacer.on_other(ticket)
             stats.transport_errors += 1
-            last, doubt = error, doubt or _doubt_after(chunk, error)
+            last, doubt = error, doubt or _doubt_after(error)
         except ServerError as error:
             pacer.on_other(ticket)
             stats.server_errors += 1
-            last, doubt = error, doubt or _doubt_after(chunk, error)
+            last, doubt = error, doubt or _doubt_after(error)
         except BaseException:
             pacer.on_other(ticket)  # fatal, or cancelled: the run is ending
             raise
@@ -164,15 +164,13 @@ async def send_chunk(chunk: Chunk, context: WorkerContext) -> ChunkResult | None
                 return None
 
 
-def _doubt_after(chunk: Chunk, error: RetryableApiError) -> str:
-    """An attempt the server may have carried out leaves its chunk in doubt: say why, once.
+def _doubt_after(error: RetryableApiError) -> str:
+    """An attempt the server may have carried out leaves its chunk in doubt: say why.
 
-    A chunk already in doubt (from an earlier pass) keeps the collector's reason for it.
+    The collector decides what the chunk's row says: one already in doubt from an earlier pass
+    keeps that pass's reason.
     """
-    if not error.may_have_applied or chunk.in_doubt:
-        return ""
-    chunk.in_doubt = True
-    return f"{DOUBT_AFTER_ATTEMPT} ({error})"
+    return f"{DOUBT_AFTER_ATTEMPT} ({error})" if error.may_have_applied else ""
 
 
 DOUBT_AFTER_ATTEMPT = (
