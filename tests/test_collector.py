@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import random
+from collections import Counter
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -21,8 +23,12 @@ from engine.collector import (
 )
 from engine.errors import CircuitOpen
 from engine.pass_start import PassStart
+from engine.pipeline import Run, open_checkpoint
 from engine.records import Chunk, ChunkResult, InputCounts, LiveStats, Reject, Verdict
+from engine.settings import InputSettings, RunSettings, Secret
 from tests.test_checkpoint import IDENTITY, SETTINGS
+from tests.test_checkpoint import done as done_row
+from tests.test_checkpoint import failed as failed_row
 
 HORIZON_STEP = 64
 
@@ -474,3 +480,51 @@ def test_a_checkpoint_of_an_older_ozbulk_keeps_every_chunk_below_the_horizon_in_
     checkpoint.set_horizon(10)
     collector_for(checkpoint)
     assert checkpoint.meta("in_doubt") == list(range(10))
+
+
+# -- what a pass starts from ----------------------------------------------------------------
+
+
+async def test_a_pass_reads_what_it_starts_from_once_and_hands_it_to_the_stages(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each part of the checkpoint a pass starts from is read once (PassStart), not once per
+    stage; the selection, the collector, the pacer and telemetry start from it."""
+    numbers = tmp_path / "numbers.csv"
+    numbers.write_text("phone\n" + "".join(f"98765{n:05d}\n" for n in range(300)))
+    settings = RunSettings(
+        inputs=InputSettings(paths=(str(numbers),)), group_id=1, user="demo",
+        api_key=Secret("demo-key"), checkpoint=tmp_path / "c.ckpt",
+        base_url="http://127.0.0.1:9", producer_process=False,
+    )  # fmt: skip
+    checkpoint = open_checkpoint(settings)
+    limit = {"quota": 50, "window": 60.0, "kind": "sliding", "learned_at": 1.0}
+    counters = {"passes": 2, "requests": 7, "token_issued_at": [123.0], "server_limit": limit}
+    checkpoint.record([done_row(0, deleted=60), failed_row(2)], [], counters)
+    checkpoint.set_horizon(3, {"pending": [1], "dispatched_to": 2, "horizon": 3})
+    reads: Counter[tuple[Any, ...]] = Counter()
+    for name in ("meta", "ids", "sums"):
+        read = getattr(Checkpoint, name)
+
+        def counted(self: Checkpoint, *args: Any, _read: Any = read, _name: str = name,
+                    **kwargs: Any) -> Any:  # fmt: skip
+            reads[(_name, *args[:1], *sorted(kwargs.items()))] += 1
+            return _read(self, *args, **kwargs)
+
+        monkeypatch.setattr(Checkpoint, name, counted)
+    try:
+        run = Run(settings, checkpoint)
+        assert len(reads) == 10 and max(reads.values()) == 1, reads
+        start = run.start
+        assert (list(start.done), list(start.failed)) == ([0], [2])
+        assert (run.done, run.failed_before) == (start.done, start.failed)
+        assert start.token_issued_at == (123.0,) and start.passes == 2
+        assert run.telemetry.pass_number == 3
+        assert run.pacer.limit == start.server_limit is not None
+        assert (run.collector.totals.chunks_done, run.collector.totals.deleted) == (1, 60)
+        assert run.collector.counters()["token_issued_at"] == [123.0]
+        assert run.collector.goes_out_in_doubt(1) is False  # nothing dispatched yet
+        run.collector.dispatching(make_chunk(1))
+        assert run.collector.goes_out_in_doubt(1)  # left by the dead pass
+    finally:
+        checkpoint.close()
