@@ -20,7 +20,7 @@ from engine.collector import (
 )
 from engine.errors import CircuitOpen
 from engine.records import Chunk, ChunkResult, InputCounts, LiveStats, Reject, Verdict
-from tests.test_checkpoint import IDENTITY, SETTINGS
+from tests._helpers import IDENTITY, SETTINGS
 
 HORIZON_STEP = 64
 

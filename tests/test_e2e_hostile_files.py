@@ -15,33 +15,22 @@ import os
 import pickle
 import signal
 import stat
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 from engine.batcher import accepted_numbers
 from engine.checkpoint import Checkpoint, states_dir
 from engine.errors import CheckpointError
 from engine.pipeline import horizon_step
-from tests.conftest import GROUP, delete_args
-from tests.test_e2e_foundation import (
-    Recorded,
+from tests._helpers import (
+    GROUP,
+    PlantedPayload,
+    delete_args,
     done_ids,
     read_summary,
-    recording_servers,
     spawn,
     wait_until,
 )
-from tests.test_state_file import PlantedPayload
-
-
-@pytest.fixture
-def recording_api() -> Iterator[Callable[..., Recorded]]:
-    """A fake API that records which chunk each request carried, in which run."""
-    with recording_servers() as start:
-        yield start
 
 
 def mode_of(path: Path) -> int:

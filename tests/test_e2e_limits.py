@@ -13,8 +13,7 @@ import pytest
 
 from engine.batcher import accepted_numbers
 from engine.checkpoint import Checkpoint
-from tests.conftest import GROUP, delete_args
-from tests.test_e2e_foundation import read_summary, spawn, wait_until
+from tests._helpers import GROUP, delete_args, read_summary, spawn, wait_until
 
 LIMIT = 20  # requests a second
 

@@ -20,7 +20,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,28 +30,25 @@ from engine.checkpoint import Checkpoint
 from engine.errors import CheckpointError
 from engine.numbers import Normalizer
 from engine.settings import InputSettings
-from tests.conftest import GROUP, cli_env, delete_args, ozbulk_command
-from tests.test_checkpoint import garbage, newer_schema, text_file, torn_pages
-from tests.test_e2e_foundation import (
+from tests._helpers import (
+    GROUP,
     Recorded,
     assert_buckets_add_up,
     assert_every_chunk_once_and_done,
     assert_same_totals,
+    cli_env,
+    delete_args,
     done_ids,
+    garbage,
+    newer_schema,
+    ozbulk_command,
     read_summary,
-    recording_servers,
     spawn,
+    text_file,
+    torn_pages,
     uninterrupted_totals,
     wait_until,
 )
-
-
-@pytest.fixture
-def recording_api() -> Iterator[Callable[..., Recorded]]:
-    """A fake API that records which chunk each request carried, in which run."""
-    with recording_servers() as start:
-        yield start
-
 
 COMMIT_INTERVAL_S = 0.2  # RunSettings.commit_interval: how long a finished chunk may go unrecorded
 

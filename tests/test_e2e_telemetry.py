@@ -26,8 +26,16 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from engine.batcher import accepted_numbers
 from engine.mock import ThreadedMockServer
-from tests.conftest import API_KEY, GROUP, CliResult, cli_env, delete_args
-from tests.test_e2e_foundation import read_summary, spawn, wait_until
+from tests._helpers import (
+    API_KEY,
+    GROUP,
+    CliResult,
+    cli_env,
+    delete_args,
+    read_summary,
+    spawn,
+    wait_until,
+)
 
 REQUIRED = {
     "ozbulk_requests", "ozbulk_numbers", "ozbulk_chunks", "ozbulk_request_duration_seconds",
