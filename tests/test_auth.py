@@ -38,7 +38,6 @@ class FakeTokenEndpoint:
     """Generate Token as a coroutine: answers from a script, then fresh tokens; counts calls."""
 
     script: list[Answer] = field(default_factory=list)
-    delay: float = 0.01
     calls: int = 0
     minted: list[str] = field(default_factory=list)
     seen_headers: list[dict[str, str]] = field(default_factory=list)
@@ -47,7 +46,7 @@ class FakeTokenEndpoint:
         self.calls += 1
         self.seen_headers.append(headers)
         assert orjson.loads(body) == {"userName": "acme"}
-        await anyio.sleep(self.delay)  # long enough for every waiter to pile up behind the lock
+        await anyio.wait_all_tasks_blocked()  # every waiter piles up behind the lock first
         if self.script:
             answer = self.script.pop(0)
             if isinstance(answer, Exception):
@@ -411,7 +410,7 @@ async def test_the_client_waits_out_a_failing_token_endpoint_instead_of_failing_
 ) -> None:
     """Two broken answers, then a token: delete() gets its headers after the backoff."""
     monkeypatch.setattr(auth_module, "RETRY_BASE", 0.01)
-    endpoint = FakeTokenEndpoint(script=[(200, b"<html>"), (200, b"[1, 2")], delay=0)
+    endpoint = FakeTokenEndpoint(script=[(200, b"<html>"), (200, b"[1, 2")])
     auth = make_auth(endpoint, FakeClock())
     auth._clock = anyio.current_time  # the waits run on the event loop's clock
     client = OzonetelClient.__new__(OzonetelClient)

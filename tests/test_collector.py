@@ -404,7 +404,7 @@ async def test_the_run_settles_when_every_worker_is_gone_but_not_when_cancelled(
     results_tx, results_rx = anyio.create_memory_object_stream[ChunkResult](4)
     async with anyio.create_task_group() as group:
         group.start_soon(cancelled.run, results_rx)
-        await anyio.sleep(0.01)
+        await anyio.wait_all_tasks_blocked()  # the collector is running, waiting for results
         group.cancel_scope.cancel()
     assert checkpoint.meta("horizon") == 1 + HORIZON_STEP
     results_tx.close()
