@@ -14,7 +14,7 @@ from engine import auth as auth_module
 from engine.auth import ApiKeyAuth, TokenAuth
 from engine.client import OzonetelClient
 from engine.errors import AuthError, RateLimited, ServerError, TokenRejected, TransportError
-from engine.mock import MockConfig, MockServer
+from engine.mock import MockConfig, MockServer, MockState
 from engine.settings import DEFAULT_TOKEN_BUDGET, InputSettings, RunSettings, Secret
 
 KEY = "auth-test-key-91c2"
@@ -338,7 +338,8 @@ async def test_a_garbled_token_answer_is_a_server_error() -> None:
 async def test_32_workers_and_one_expired_token_against_the_fake_api(tmp_path: Path) -> None:
     """Over HTTP: 32 deletes refused "Token Expired" at once lead to one new token, then pass."""
     config = MockConfig(user="acme", api_key=KEY, auth_mode="token", token_ttl=0.4)
-    async with MockServer(config) as server:
+    server_clock = FakeClock()
+    async with MockServer(state=MockState(config, clock=server_clock)) as server:
         server.state.seed(1, [f"98765{index:05d}" for index in range(32)])
         settings = RunSettings(
             inputs=InputSettings(paths=("numbers.csv",)),
@@ -353,7 +354,7 @@ async def test_32_workers_and_one_expired_token_against_the_fake_api(tmp_path: P
         async with OzonetelClient.open_session(settings) as session:
             client = OzonetelClient(settings, session)
             await client.delete(client.body(["1234567890"]))  # mints token 1, and uses it
-            await anyio.sleep(0.5)  # token 1 expires on the server (the client thinks 1 h)
+            server_clock.now += 0.5  # token 1 expires on the server (the client thinks 1 h)
             refused: list[int] = []
 
             async def send(index: int) -> None:
