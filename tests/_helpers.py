@@ -278,6 +278,15 @@ class Spawned:
     def signal(self, number: int) -> None:
         self.process.send_signal(number)
 
+    def signal_when(
+        self, number: int, condition: Callable[[], bool], what: str = "", timeout: float = 60
+    ) -> float:
+        """Send signal ``number`` once ``condition`` holds; returns when (time.monotonic())."""
+        wait_until(condition, timeout, what)
+        sent = time.monotonic()
+        self.signal(number)
+        return sent
+
 
 def spawn(cwd: Path, args: list[str], name: str = "run", **popen: Any) -> Spawned:
     log = cwd / f"{name}-{time.monotonic_ns()}.log"
@@ -287,6 +296,17 @@ def spawn(cwd: Path, args: list[str], name: str = "run", **popen: Any) -> Spawne
             stdout=handle, stderr=subprocess.STDOUT, **popen,
         )  # fmt: skip
     return Spawned(process, log)
+
+
+def run_in_background(
+    cwd: Path, api: Recorded, source: Path, concurrency: int
+) -> tuple[Spawned, list[str]]:
+    """`ozbulk delete` of ``source`` against ``api`` in the background, as the interruption tests
+    run it: unpaced, checkpoint c.ckpt and summary s.json in ``cwd``. Returns the process and its
+    arguments, which resume it."""
+    args = delete_args(api.server, source, rate=0, concurrency=concurrency, checkpoint="c.ckpt",
+                       summary_json="s.json")  # fmt: skip
+    return spawn(cwd, args), args
 
 
 def wait_until(condition: Callable[[], bool], timeout: float = 60, what: str = "") -> None:

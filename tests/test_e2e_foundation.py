@@ -18,9 +18,8 @@ from tests._helpers import (
     delete_args,
     done_ids,
     read_summary,
-    spawn,
+    run_in_background,
     uninterrupted_totals,
-    wait_until,
 )
 
 # -- the foundation's end-to-end tests ------------------------------------------------------
@@ -93,11 +92,8 @@ def test_a_run_killed_midway_finishes_on_rerun_with_the_uninterrupted_totals(
     source = sample_csv(20_000)
     baseline = uninterrupted_totals(run_cli, fake_api, source)
     api = recording_api(source, latency_ms=40)
-    args = delete_args(api.server, source, rate=0, concurrency=8, checkpoint="c.ckpt",
-                       summary_json="s.json")  # fmt: skip
-    victim = spawn(tmp_path, args)
-    wait_until(lambda: api.state.applied_count() >= 40, what="40 chunks applied")
-    victim.signal(signal.SIGKILL)
+    victim, args = run_in_background(tmp_path, api, source, concurrency=8)
+    victim.signal_when(signal.SIGKILL, lambda: api.state.applied_count() >= 40, "40 chunks applied")
     assert victim.wait() == -signal.SIGKILL
     finished_before = done_ids(tmp_path / "c.ckpt")
     assert 0 < len(finished_before) < baseline["chunks_total"]
