@@ -15,7 +15,7 @@ The public API, used by the ``ozbulk`` command and by Python callers alike::
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from engine.errors import (
     ApiError,
@@ -39,15 +39,26 @@ if TYPE_CHECKING:
     from engine.exporters import TelemetryOptions  # read from engine.pipeline, which uses it
     from engine.pipeline import RunOutcome, StopControl, delete, open_checkpoint
 
-__version__ = "0.1.0"
+    __version__: str
 
 # The pipeline (aiohttp, anyio, SQLite) is imported on first use, not with the package: the
 # producer process imports ``engine.producer_child`` and must start in milliseconds.
-__getattr__ = lazy_exports(
+_pipeline_export = lazy_exports(
     globals(),
     "engine.pipeline",
     ("RunOutcome", "StopControl", "delete", "open_checkpoint", "TelemetryOptions"),
 )
+
+
+def __getattr__(name: str) -> Any:
+    if name != "__version__":
+        return _pipeline_export(name)
+    # Written once, in pyproject.toml; read from the installed metadata when asked for, as
+    # `ozbulk --version` does (importing importlib.metadata costs the producer milliseconds).
+    from importlib.metadata import version
+
+    value = globals()["__version__"] = version("ozbulk")
+    return value
 
 
 __all__ = [

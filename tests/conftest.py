@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,10 +12,16 @@ import pytest
 from engine.mock import MockConfig, ThreadedMockServer
 from engine.redact import REDACTOR
 from engine.sample import write_sample_file
-
-API_KEY = "test-key-5f1c9a7e2b"  # a recognisable fake, so leak checks can grep for it
-USER = "tester"
-GROUP = 1
+from tests._helpers import (
+    API_KEY,
+    GROUP,
+    USER,
+    CliResult,
+    Recorded,
+    cli_env,
+    ozbulk_command,
+    recording_servers,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -26,29 +29,6 @@ def fresh_redactor() -> Iterator[None]:
     """Each test starts with a redactor that knows no secret: one test's key masks no other's."""
     yield
     REDACTOR.forget_all()
-
-
-@dataclass
-class CliResult:
-    returncode: int
-    stdout: str
-    stderr: str
-
-    @property
-    def output(self) -> str:
-        return self.stdout + self.stderr
-
-
-def cli_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("OZONETEL_", "OZBULK_"))}
-    env["OZONETEL_API_KEY"] = API_KEY
-    env["PYTHONUNBUFFERED"] = "1"
-    env.update(extra)
-    return env
-
-
-def ozbulk_command(*args: str) -> list[str]:
-    return [sys.executable, "-m", "engine", *args]
 
 
 @pytest.fixture
@@ -103,14 +83,8 @@ def sample_csv(tmp_path: Path) -> Callable[..., Path]:
     return make
 
 
-def delete_args(server: ThreadedMockServer, *inputs: str | Path, **flags: Any) -> list[str]:
-    """Arguments of `ozbulk delete` against `server`; flags as --name value (True = bare flag)."""
-    args = ["delete", *map(str, inputs), "--group-id", str(GROUP), "--user", USER,
-            "--base-url", server.url, "--yes", "--no-progress"]  # fmt: skip
-    for name, value in flags.items():
-        flag = "--" + name.replace("_", "-")
-        if value is True:
-            args.append(flag)
-        elif value is not False and value is not None:
-            args += [flag, str(value)]
-    return args
+@pytest.fixture
+def recording_api() -> Iterator[Callable[..., Recorded]]:
+    """A fake API that records which chunk each request carried, in which run."""
+    with recording_servers() as start:
+        yield start

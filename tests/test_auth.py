@@ -14,7 +14,7 @@ from engine import auth as auth_module
 from engine.auth import ApiKeyAuth, TokenAuth
 from engine.client import OzonetelClient
 from engine.errors import AuthError, RateLimited, ServerError, TokenRejected, TransportError
-from engine.mock import MockConfig, MockServer
+from engine.mock import MockConfig, MockServer, MockState
 from engine.settings import DEFAULT_TOKEN_BUDGET, InputSettings, RunSettings, Secret
 
 KEY = "auth-test-key-91c2"
@@ -38,7 +38,6 @@ class FakeTokenEndpoint:
     """Generate Token as a coroutine: answers from a script, then fresh tokens; counts calls."""
 
     script: list[Answer] = field(default_factory=list)
-    delay: float = 0.01
     calls: int = 0
     minted: list[str] = field(default_factory=list)
     seen_headers: list[dict[str, str]] = field(default_factory=list)
@@ -47,7 +46,7 @@ class FakeTokenEndpoint:
         self.calls += 1
         self.seen_headers.append(headers)
         assert orjson.loads(body) == {"userName": "acme"}
-        await anyio.sleep(self.delay)  # long enough for every waiter to pile up behind the lock
+        await anyio.wait_all_tasks_blocked()  # every waiter piles up behind the lock first
         if self.script:
             answer = self.script.pop(0)
             if isinstance(answer, Exception):
@@ -339,7 +338,8 @@ async def test_a_garbled_token_answer_is_a_server_error() -> None:
 async def test_32_workers_and_one_expired_token_against_the_fake_api(tmp_path: Path) -> None:
     """Over HTTP: 32 deletes refused "Token Expired" at once lead to one new token, then pass."""
     config = MockConfig(user="acme", api_key=KEY, auth_mode="token", token_ttl=0.4)
-    async with MockServer(config) as server:
+    server_clock = FakeClock()
+    async with MockServer(state=MockState(config, clock=server_clock)) as server:
         server.state.seed(1, [f"98765{index:05d}" for index in range(32)])
         settings = RunSettings(
             inputs=InputSettings(paths=("numbers.csv",)),
@@ -354,7 +354,7 @@ async def test_32_workers_and_one_expired_token_against_the_fake_api(tmp_path: P
         async with OzonetelClient.open_session(settings) as session:
             client = OzonetelClient(settings, session)
             await client.delete(client.body(["1234567890"]))  # mints token 1, and uses it
-            await anyio.sleep(0.5)  # token 1 expires on the server (the client thinks 1 h)
+            server_clock.now += 0.5  # token 1 expires on the server (the client thinks 1 h)
             refused: list[int] = []
 
             async def send(index: int) -> None:
@@ -411,7 +411,7 @@ async def test_the_client_waits_out_a_failing_token_endpoint_instead_of_failing_
 ) -> None:
     """Two broken answers, then a token: delete() gets its headers after the backoff."""
     monkeypatch.setattr(auth_module, "RETRY_BASE", 0.01)
-    endpoint = FakeTokenEndpoint(script=[(200, b"<html>"), (200, b"[1, 2")], delay=0)
+    endpoint = FakeTokenEndpoint(script=[(200, b"<html>"), (200, b"[1, 2")])
     auth = make_auth(endpoint, FakeClock())
     auth._clock = anyio.current_time  # the waits run on the event loop's clock
     client = OzonetelClient.__new__(OzonetelClient)

@@ -21,44 +21,28 @@ from engine.checkpoint import (
     FAILED,
     SCHEMA_VERSION,
     Checkpoint,
-    ChunkRecord,
     fingerprint,
     move_aside,
     states_dir,
 )
 from engine.errors import CheckpointError, CheckpointMismatch, CheckpointWriteError
 from engine.records import Reject
+from tests._helpers import (
+    IDENTITY,
+    SETTINGS,
+    bad_version_value,
+    done,
+    failed,
+    garbage,
+    newer_schema,
+    open_run,
+    other_sqlite,
+    text_file,
+    torn_pages,
+    with_schema_version,
+)
 
 REPO = Path(__file__).resolve().parent.parent
-
-IDENTITY: dict[str, Any] = {
-    "inputs": [{"path": "/data/numbers.csv", "size": 1234, "blake2b": "00ff"}],
-    "group_id": 1,
-    "user": "tester",
-    "column": None,
-    "country": "IN",
-    "number_format": "digits",
-    "batch_size": 100,
-}
-SETTINGS: dict[str, Any] = {"host": "127.0.0.1:1", "rate": 5.0, "concurrency": 4}
-
-
-def done(chunk_id: int, deleted: int = 100, **extra: Any) -> ChunkRecord:
-    fields: dict[str, Any] = {
-        "id": chunk_id, "state": DONE, "sent": 100, "success": 100, "error": 0,
-        "deleted": deleted, "attempts": 1, "in_doubt": False, "reason": "", "detail": [],
-    }  # fmt: skip
-    fields.update(extra)
-    return ChunkRecord(**fields)
-
-
-def failed(chunk_id: int, reason: str = "HTTP 503") -> ChunkRecord:
-    detail = [(f"91987654{n:04d}", 0, n + 2) for n in range(100)]
-    return ChunkRecord(chunk_id, FAILED, 100, 0, 0, 0, 3, False, reason, detail)
-
-
-def open_run(path: Path, identity: dict[str, Any] | None = None) -> Checkpoint:
-    return Checkpoint.for_run(path, identity or IDENTITY, SETTINGS)
 
 
 def files_of(folder: Path) -> dict[str, bytes]:
@@ -194,52 +178,6 @@ def test_a_checkpoint_of_another_run_is_refused_untouched(
     assert "--restart" in str(refused.value)
     assert refused.value.exit_code == 2
     assert files_of(tmp_path) == before
-
-
-def rewrite(path: Path, *statements: str) -> None:
-    """Run SQL on a checkpoint behind ozbulk's back (as another program or version would)."""
-    connection = sqlite3.connect(path)
-    for statement in statements:
-        connection.execute(statement)
-    connection.commit()
-    connection.close()
-
-
-def with_schema_version(path: Path, value: str, *more: str) -> None:
-    """A checkpoint whose stored schema version is the JSON text ``value``."""
-    checkpoint = open_run(path)
-    checkpoint.record([done(0)], [], {})
-    checkpoint.close()
-    rewrite(path, *more, f"UPDATE meta SET value = '{value}' WHERE key = 'schema_version'")
-
-
-def newer_schema(path: Path) -> None:
-    with_schema_version(path, "99")
-
-
-def garbage(path: Path) -> None:
-    path.write_bytes(random.Random(3).randbytes(20_000))
-
-
-def text_file(path: Path) -> None:
-    path.write_text("phone\n9876543210\n")
-
-
-def other_sqlite(path: Path) -> None:
-    rewrite(path, "CREATE TABLE contacts (name TEXT, phone TEXT)")
-
-
-def torn_pages(path: Path) -> None:
-    checkpoint = open_run(path)
-    checkpoint.record([failed(n) for n in range(300)], [], {})
-    checkpoint.close()
-    data = bytearray(path.read_bytes())
-    data[4096 * 3 : 4096 * 5] = random.Random(5).randbytes(8192)
-    path.write_bytes(bytes(data))
-
-
-def bad_version_value(path: Path) -> None:
-    with_schema_version(path, '"one"')
 
 
 @pytest.mark.parametrize(

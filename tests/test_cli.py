@@ -15,7 +15,7 @@ import pytest
 
 from engine.batcher import accepted_numbers
 from engine.cli import resume_command
-from tests.conftest import API_KEY, GROUP, USER, cli_env, delete_args, ozbulk_command
+from tests._helpers import API_KEY, GROUP, USER, cli_env, delete_args, ozbulk_command
 
 
 def _settings_table(output: str) -> dict[str, tuple[str, str]]:

@@ -26,9 +26,9 @@ from engine.pass_start import PassStart
 from engine.pipeline import Run, open_checkpoint
 from engine.records import Chunk, ChunkResult, InputCounts, LiveStats, Reject, Verdict
 from engine.settings import InputSettings, RunSettings, Secret
-from tests.test_checkpoint import IDENTITY, SETTINGS
-from tests.test_checkpoint import done as done_row
-from tests.test_checkpoint import failed as failed_row
+from tests._helpers import IDENTITY, SETTINGS
+from tests._helpers import done as done_row
+from tests._helpers import failed as failed_row
 
 HORIZON_STEP = 64
 
@@ -442,7 +442,7 @@ async def test_the_run_settles_when_every_worker_is_gone_but_not_when_cancelled(
     results_tx, results_rx = anyio.create_memory_object_stream[ChunkResult](4)
     async with anyio.create_task_group() as group:
         group.start_soon(cancelled.run, results_rx)
-        await anyio.sleep(0.01)
+        await anyio.wait_all_tasks_blocked()  # the collector is running, waiting for results
         group.cancel_scope.cancel()
     assert checkpoint.meta("horizon") == 1 + HORIZON_STEP
     results_tx.close()

@@ -15,33 +15,22 @@ import os
 import pickle
 import signal
 import stat
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 from engine.batcher import accepted_numbers
 from engine.checkpoint import Checkpoint, states_dir
 from engine.errors import CheckpointError
 from engine.pipeline import horizon_step
-from tests.conftest import GROUP, delete_args
-from tests.test_e2e_foundation import (
-    Recorded,
+from tests._helpers import (
+    GROUP,
+    PlantedPayload,
+    delete_args,
     done_ids,
     read_summary,
-    recording_servers,
+    run_in_background,
     spawn,
-    wait_until,
 )
-from tests.test_state_file import PlantedPayload
-
-
-@pytest.fixture
-def recording_api() -> Iterator[Callable[..., Recorded]]:
-    """A fake API that records which chunk each request carried, in which run."""
-    with recording_servers() as start:
-        yield start
 
 
 def mode_of(path: Path) -> int:
@@ -232,8 +221,9 @@ def killed_midway(
     args = delete_args(api.server, path, rate=0, checkpoint="c.ckpt", summary_json="s.json",
                        **flags)  # fmt: skip
     run = spawn(tmp_path, args, preexec_fn=umask_022)
-    wait_until(lambda: committed(tmp_path / "c.ckpt") >= 30, what="30 chunks committed")
-    run.signal(signal.SIGKILL)
+    run.signal_when(
+        signal.SIGKILL, lambda: committed(tmp_path / "c.ckpt") >= 30, "30 chunks committed"
+    )
     assert run.wait() == -signal.SIGKILL
     return api, args
 
@@ -315,13 +305,15 @@ def test_sigterm_before_sending_exits_130_saying_nothing_was_sent(fake_api, tmp_
             server.url, "--no-progress"]  # fmt: skip
     early = spawn(tmp_path, args, name="early")
     # As soon as the handler is in (the kernel lists SIGTERM as caught): still importing.
-    wait_until(lambda: catches_sigterm(early.process.pid), timeout=30, what="the handler")
-    early.signal(signal.SIGTERM)
+    early.signal_when(
+        signal.SIGTERM, lambda: catches_sigterm(early.process.pid), "the handler", timeout=30
+    )
     assert early.wait(30) == 130, early.output
     assert "interrupted (SIGTERM) before anything was sent" in early.output
     prescan = spawn(tmp_path, args, name="prescan")  # no --yes: the plan reads it all first
-    wait_until(lambda: "phone numbers from" in prescan.output, what="the pre-scan under way")
-    prescan.signal(signal.SIGTERM)
+    prescan.signal_when(
+        signal.SIGTERM, lambda: "phone numbers from" in prescan.output, "the pre-scan under way"
+    )
     assert prescan.wait(30) == 130, prescan.output
     assert "interrupted (SIGTERM) before anything was sent" in prescan.output
     assert "Traceback" not in early.output + prescan.output
@@ -375,14 +367,12 @@ def test_after_a_double_sigterm_only_the_requests_cut_off_are_in_doubt(
     path = tmp_path / "numbers.csv"
     path.write_text("phone\n" + "\n".join(numbers) + "\n")
     api = recording_api(path, latency_ms=500)
-    args = delete_args(api.server, path, rate=0, concurrency=8, checkpoint="c.ckpt",
-                       summary_json="s.json")  # fmt: skip
-    run = spawn(tmp_path, args)
-    wait_until(lambda: api.state.applied_count() >= 10, what="10 chunks applied")
-    run.signal(signal.SIGTERM)
+    run, args = run_in_background(tmp_path, api, path, concurrency=8)
+    run.signal_when(signal.SIGTERM, lambda: api.state.applied_count() >= 10, "10 chunks applied")
     # Two signals sent at once arrive as one: the second waits until the first is heard.
-    wait_until(lambda: "finishing the requests in flight" in run.output, what="the first stop")
-    run.signal(signal.SIGTERM)
+    run.signal_when(
+        signal.SIGTERM, lambda: "finishing the requests in flight" in run.output, "the first stop"
+    )
     assert run.wait() == 130, run.output
     assert "cancelling the requests in flight" in run.output
     in_doubt, applied_unrecorded = in_doubt_after_resume(run_cli, api, tmp_path, args)

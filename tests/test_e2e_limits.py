@@ -13,8 +13,7 @@ import pytest
 
 from engine.batcher import accepted_numbers
 from engine.checkpoint import Checkpoint
-from tests.conftest import GROUP, delete_args
-from tests.test_e2e_foundation import read_summary, spawn, wait_until
+from tests._helpers import GROUP, delete_args, read_summary, spawn, wait_until
 
 LIMIT = 20  # requests a second
 
@@ -32,8 +31,9 @@ def test_a_learned_limit_is_kept_shown_and_resumed_from(run_cli, fake_api, sampl
     first = spawn(tmp_path, args)
     wait_until(lambda: server.stats()["rate_limited"] >= 1, timeout=60, what="a refusal")
     refused_at = time.monotonic()
-    wait_until(lambda: time.monotonic() - refused_at > 4, what="a few seconds at the limit")
-    first.signal(signal.SIGINT)
+    first.signal_when(
+        signal.SIGINT, lambda: time.monotonic() - refused_at > 4, "a few seconds at the limit"
+    )
     assert first.wait(timeout=30) == 130, first.output
     assert f"server limit ≈ {LIMIT} a second, sliding window" in first.output
     stopped = read_summary(tmp_path / "s.json")

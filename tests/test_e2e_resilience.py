@@ -19,7 +19,7 @@ import pytest
 from engine.batcher import accepted_numbers
 from engine.checkpoint import Checkpoint
 from engine.mock import FAULT_KINDS, MockConfig, ThreadedMockServer
-from tests.conftest import API_KEY, GROUP, USER, CliResult, cli_env, delete_args
+from tests._helpers import API_KEY, GROUP, USER, CliResult, cli_env, delete_args
 
 TTL = 2.5
 

@@ -20,7 +20,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,28 +30,26 @@ from engine.checkpoint import Checkpoint
 from engine.errors import CheckpointError
 from engine.numbers import Normalizer
 from engine.settings import InputSettings
-from tests.conftest import GROUP, cli_env, delete_args, ozbulk_command
-from tests.test_checkpoint import garbage, newer_schema, text_file, torn_pages
-from tests.test_e2e_foundation import (
+from tests._helpers import (
+    GROUP,
     Recorded,
     assert_buckets_add_up,
     assert_every_chunk_once_and_done,
     assert_same_totals,
+    cli_env,
+    delete_args,
     done_ids,
+    garbage,
+    newer_schema,
+    ozbulk_command,
     read_summary,
-    recording_servers,
+    run_in_background,
     spawn,
+    text_file,
+    torn_pages,
     uninterrupted_totals,
     wait_until,
 )
-
-
-@pytest.fixture
-def recording_api() -> Iterator[Callable[..., Recorded]]:
-    """A fake API that records which chunk each request carried, in which run."""
-    with recording_servers() as start:
-        yield start
-
 
 COMMIT_INTERVAL_S = 0.2  # RunSettings.commit_interval: how long a finished chunk may go unrecorded
 
@@ -210,12 +207,10 @@ def test_one_signal_drains_commits_and_says_how_to_resume(
     source = sample_csv(10_000)
     baseline = uninterrupted_totals(run_cli, fake_api, source)
     slow = recording_api(source, latency_ms=300)
-    args = delete_args(slow.server, source, rate=0, concurrency=8, checkpoint="c.ckpt",
-                       summary_json="s.json")  # fmt: skip
-    run = spawn(tmp_path, args)
-    wait_until(lambda: slow.state.applied_count() >= 16, what="two waves answered")
-    signalled = time.monotonic()
-    run.signal(signal_number)
+    run, args = run_in_background(tmp_path, slow, source, concurrency=8)
+    signalled = run.signal_when(
+        signal_number, lambda: slow.state.applied_count() >= 16, "two waves answered"
+    )
     assert run.wait(timeout=30) == 130, run.output
     drained_in = time.monotonic() - signalled
     output = run.output
@@ -258,9 +253,7 @@ def test_a_second_signal_cancels_in_flight_requests_and_the_checkpoint_holds(
     source = sample_csv(10_000)
     baseline = uninterrupted_totals(run_cli, fake_api, source)
     slow = recording_api(source, latency_ms=2000)
-    args = delete_args(slow.server, source, rate=0, concurrency=8, checkpoint="c.ckpt",
-                       summary_json="s.json")  # fmt: skip
-    run = spawn(tmp_path, args)
+    run, args = run_in_background(tmp_path, slow, source, concurrency=8)
     wait_until(lambda: slow.state.applied_count() >= 8, what="the first wave answered")
     answers_due = time.monotonic() + 2.0  # the second wave left as the first was answered
     time.sleep(0.2)
@@ -302,9 +295,7 @@ def test_chunks_the_dead_run_applied_come_back_in_doubt_and_not_found(
     sizes = chunk_sizes(source)
     baseline = uninterrupted_totals(run_cli, fake_api, source)
     api = recording_api(source, latency_ms=100)
-    args = delete_args(api.server, source, rate=0, concurrency=16, checkpoint="c.ckpt",
-                       summary_json="s.json")  # fmt: skip
-    victim = spawn(tmp_path, args)
+    victim, args = run_in_background(tmp_path, api, source, concurrency=16)
     api.state.kill_after, api.state.kill_pid = 40, victim.process.pid  # killed before answering
     assert victim.wait() == -signal.SIGKILL
     time.sleep(0.3)  # the rest of that wave lands on the server too
@@ -344,11 +335,8 @@ def test_status_and_report_tell_where_a_run_stands_and_its_resume_command_works(
     source = sample_csv(10_000)
     baseline = uninterrupted_totals(run_cli, fake_api, source)
     api = recording_api(source, latency_ms=50)
-    args = delete_args(api.server, source, rate=0, concurrency=8, checkpoint="c.ckpt",
-                       summary_json="s.json")  # fmt: skip
-    victim = spawn(tmp_path, args)
-    wait_until(lambda: api.state.applied_count() >= 30, what="30 chunks applied")
-    victim.signal(signal.SIGKILL)
+    victim, _ = run_in_background(tmp_path, api, source, concurrency=8)
+    victim.signal_when(signal.SIGKILL, lambda: api.state.applied_count() >= 30, "30 chunks applied")
     victim.wait()
     committed = done_ids(tmp_path / "c.ckpt")
 
@@ -458,11 +446,10 @@ def test_restart_moves_the_old_checkpoint_aside_and_starts_over(
     """--restart keeps the old file (and its WAL) byte for byte under a new name; all is resent."""
     source = sample_csv(5_000)
     api = recording_api(source, latency_ms=100)  # ~1.3 s in all: the kill lands midway
-    args = delete_args(api.server, source, rate=0, concurrency=4, checkpoint="c.ckpt",
-                       summary_json="s.json")  # fmt: skip
-    victim = spawn(tmp_path, args)
-    wait_until(lambda: committed_count(tmp_path / "c.ckpt") >= 10, what="10 chunks committed")
-    victim.signal(signal.SIGKILL)
+    victim, args = run_in_background(tmp_path, api, source, concurrency=4)
+    victim.signal_when(
+        signal.SIGKILL, lambda: committed_count(tmp_path / "c.ckpt") >= 10, "10 chunks committed"
+    )
     victim.wait()
     old = {path.name: path.read_bytes() for path in tmp_path.glob("c.ckpt*") if path.is_file()}
     assert "c.ckpt-wal" in old  # a killed run leaves its commits in the WAL
@@ -629,9 +616,7 @@ def test_a_second_run_on_a_live_checkpoint_is_refused(
     source = sample_csv(5_000)
     baseline = uninterrupted_totals(run_cli, fake_api, source)
     api = recording_api(source, latency_ms=200)
-    args = delete_args(api.server, source, rate=0, concurrency=4, checkpoint="c.ckpt",
-                       summary_json="s.json")  # fmt: skip
-    first = spawn(tmp_path, args)
+    first, args = run_in_background(tmp_path, api, source, concurrency=4)
     wait_until(lambda: api.state.applied_count() >= 4, what="the first run under way")
     second = run_cli(*args)
     assert second.returncode == 2, second.output

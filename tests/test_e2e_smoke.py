@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from engine.batcher import accepted_numbers
-from tests.conftest import GROUP, delete_args
+from tests._helpers import GROUP, delete_args
 
 
 def test_twenty_thousand_numbers_all_deleted_and_totals_add_up(run_cli, fake_api, sample_csv):

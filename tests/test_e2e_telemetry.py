@@ -26,8 +26,16 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from engine.batcher import accepted_numbers
 from engine.mock import ThreadedMockServer
-from tests.conftest import API_KEY, GROUP, CliResult, cli_env, delete_args
-from tests.test_e2e_foundation import read_summary, spawn, wait_until
+from tests._helpers import (
+    API_KEY,
+    GROUP,
+    CliResult,
+    cli_env,
+    delete_args,
+    read_summary,
+    spawn,
+    wait_until,
+)
 
 REQUIRED = {
     "ozbulk_requests", "ozbulk_numbers", "ozbulk_chunks", "ozbulk_request_duration_seconds",
@@ -157,8 +165,9 @@ def test_a_stopped_and_resumed_run_has_one_timeline_and_a_plot(
                        backoff_base=0.01)  # fmt: skip
     run = spawn(tmp_path, args)
     wait_until(lambda: limited.stats()["rate_limited"] >= 1, timeout=30, what="a refusal")
-    wait_until(lambda: limited.stats()["delete_requests"] >= 40, timeout=30, what="requests")
-    run.signal(signal.SIGINT)
+    run.signal_when(
+        signal.SIGINT, lambda: limited.stats()["delete_requests"] >= 40, "requests", timeout=30
+    )
     assert run.wait(timeout=30) == 130, run.output
     # The API host is no part of the run's identity: the resume goes to the faulty server.
     resumed = run_cli(*[faulty.url if word == limited.url else word for word in args])

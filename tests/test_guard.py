@@ -12,7 +12,7 @@ from engine.batcher import accepted_numbers
 from engine.checkpoint import Checkpoint
 from engine.errors import NothingDeleted
 from engine.guard import ALLOWED, GUARD_NUMBERS, PASSED, TRIPPED, NotFoundGuard
-from tests.conftest import GROUP, delete_args
+from tests._helpers import GROUP, delete_args
 
 
 def test_it_stops_once_the_first_numbers_were_none_in_the_group() -> None:

@@ -30,7 +30,7 @@ from engine.errors import AuthError, FatalApiError, ServerError, TransportError
 from engine.mock.state import DELETE_PATH, TOKEN_PATH
 from engine.redact import REDACTOR, Redactor, redact_url, snippet
 from engine.settings import InputSettings, RunSettings, Secret
-from tests.conftest import API_KEY, USER, CliResult, cli_env, delete_args, ozbulk_command
+from tests._helpers import API_KEY, USER, CliResult, cli_env, delete_args, ozbulk_command
 from tests.hostile import HostileServer, honest, json_response, numbers_of, stream
 
 SENT = [919876500001, 919876500002, 919876500003]

@@ -20,7 +20,7 @@ from engine.errors import InputError
 from engine.numbers import Normalizer
 from engine.records import Reject
 from engine.settings import InputSettings
-from tests.conftest import GROUP, delete_args
+from tests._helpers import GROUP, delete_args
 
 MOBILES = [f"9{n:09d}" for n in range(876543210, 876543210 + 300)]
 

@@ -27,7 +27,7 @@ import pytest
 from engine import pacing
 from engine.mock import ThreadedMockServer
 from engine.pacing import SAFETY, AdjustableLimiter, Pacer
-from tests.conftest import cli_env, delete_args, ozbulk_command
+from tests._helpers import cli_env, delete_args, ozbulk_command
 from tests.virtual_time import now, run_virtual
 
 T = TypeVar("T")

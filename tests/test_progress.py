@@ -34,7 +34,7 @@ from engine.progress import (
     pacer_view,
     render_lines,
 )
-from tests.conftest import GROUP, cli_env, delete_args, ozbulk_command
+from tests._helpers import GROUP, cli_env, delete_args, ozbulk_command
 
 FIGURES = Figures(
     elapsed=3723.0,

@@ -17,7 +17,7 @@ from engine.files import spreadsheet_safe
 from engine.records import Reject
 from engine.report import REPORT_FILES, summary_from_checkpoint, write_report
 from engine.status import describe, render, resume_command, show_status, write_report_for
-from tests.test_checkpoint import IDENTITY
+from tests._helpers import IDENTITY
 
 SETTINGS: dict[str, Any] = {
     "host": "api.example:443", "base_url": "https://api.example", "path": "/ca_apis/x",
@@ -211,7 +211,7 @@ def test_report_writes_the_numbers_not_found(run_cli, fake_api, sample_csv, tmp_
     """not_found.csv: every number of a chunk that deleted none, marked exact; for a chunk that
     deleted some, its candidates with how many of them were not found."""
     from engine.batcher import accepted_numbers
-    from tests.conftest import GROUP, delete_args
+    from tests._helpers import GROUP, delete_args
 
     source = sample_csv(450)
     numbers = list(accepted_numbers((str(source),)))

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from engine.checkpoint import Checkpoint
-from tests.conftest import cli_env, delete_args
+from tests._helpers import cli_env, delete_args
 
 # What only `delete` needs: the HTTP client and the event loop's libraries, the pipeline, and rich
 # (which only a drawn progress bar needs).

@@ -7,7 +7,6 @@ import logging
 import os
 import pickle
 import stat
-from pathlib import Path
 
 import orjson
 import pytest
@@ -17,16 +16,7 @@ from engine.batcher import Producer, ProducerState
 from engine.numbers import Normalizer
 from engine.producer_child import load_state, write_state
 from engine.settings import InputSettings
-
-
-class PlantedPayload:
-    """Unpickling this runs ``os.system``: what an attacker would put in a state file."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self) -> tuple[object, ...]:
-        return (os.system, (f"touch {self.marker}",))
+from tests._helpers import PlantedPayload
 
 
 def states_of(paths: tuple[str, ...], every: int = 1_000) -> list[ProducerState]:

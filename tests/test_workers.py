@@ -32,7 +32,7 @@ from engine.pacing import Pacer
 from engine.records import Chunk, ChunkResult, LiveStats, Verdict
 from engine.settings import InputSettings, RunSettings, Secret
 from engine.workers import WorkerContext, backoff_delay, send_chunk, worker
-from tests.test_pacing import now, run_virtual
+from tests.virtual_time import now, run_virtual
 
 OK = Verdict(success=2, error=[], deleted=2)
 
