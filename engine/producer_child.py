@@ -33,13 +33,11 @@ import struct
 import sys
 import traceback
 from array import array
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import orjson
-from pyroaring import BitMap
 
 from engine import state_file
 from engine.batcher import Producer, ProducerState
@@ -47,6 +45,7 @@ from engine.errors import InputError
 from engine.files import PRIVATE_FILE, make_private_dir
 from engine.numbers import Normalizer, formatter
 from engine.records import InputCounts
+from engine.selection import Selection
 from engine.settings import STATE_EVERY_ROWS, InputSettings
 
 # Chunks per "batch" message: enough that the parent, when it waits for chunks, is woken once
@@ -57,14 +56,6 @@ REJECTS_PER_MESSAGE = 1024
 FRAME_HEADER = struct.Struct("<I")
 
 log = logging.getLogger(__name__)
-
-
-def skip_predicate(skip: bytes, only: bytes | None) -> Callable[[int], bool]:
-    """Which chunk ids to send: all but the serialized ``skip`` set, or only the ``only`` set."""
-    if only is not None:
-        return BitMap.deserialize(only).__contains__
-    done = BitMap.deserialize(skip)
-    return lambda chunk_id: chunk_id not in done
 
 
 class FrameWriter:
@@ -101,8 +92,7 @@ class Job:
     """What the parent asks for: the inputs, which chunk ids to send, and where to begin."""
 
     inputs: InputSettings
-    skip: bytes  # serialized bitmap: ids not to send (finished)
-    only: bytes | None  # serialized bitmap: the only ids to send (--retry-failed), or None
+    selection: bytes  # which chunk ids to send: a serialized engine.selection.Selection
     start: str | None = None  # the file of a ProducerState to continue from
     state_dir: str | None = None  # where to write states; None: write none
     state_every: int = STATE_EVERY_ROWS  # rows between states, at first
@@ -152,7 +142,7 @@ def load_state(path: Path) -> ProducerState | None:
 def produce(job: Job, frames: FrameWriter) -> None:
     """Run the producer over the job's inputs and ship every wanted chunk, with counts,
     rejects and (if asked) states."""
-    inputs, wanted = job.inputs, skip_predicate(job.skip, job.only)
+    inputs, wanted = job.inputs, Selection.from_bytes(job.selection).wants
     rejects: list[tuple[int, int, str, str]] = []
     chunks: list[tuple[int, array[int], array[int], array[int], bool, bytes]] = []
     start = None if job.start is None else load_state(Path(job.start))

@@ -12,9 +12,9 @@ that would re-import the parent's main module (the whole CLI and HTTP stack) in 
 start a resource-tracker process besides. The parent reads the pipe without ever blocking the
 event loop: it waits until the pipe is readable, takes what is there, and cuts it into frames.
 
-The child skips the chunks the checkpoint holds as finished (the parent passes their ids), so a
-resume ships only what is left. Standard input stays in the parent's process: a child cannot
-share it.
+The child skips the chunks this pass does not send (the parent passes its
+:class:`~engine.selection.Selection`), so a resume ships only what is left. Standard input stays
+in the parent's process: a child cannot share it.
 """
 
 from __future__ import annotations
@@ -28,7 +28,6 @@ import pickle
 import subprocess
 import sys
 from collections.abc import AsyncGenerator, Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +39,7 @@ from engine.batcher import Producer, RejectSink
 from engine.errors import InputError
 from engine.producer_child import FRAME_HEADER, Job
 from engine.records import Chunk, InputCounts, Reject
+from engine.selection import Selection
 from engine.settings import STATE_EVERY_ROWS, InputSettings
 
 log = logging.getLogger(__name__)
@@ -56,17 +56,6 @@ PIPE_SIZE = 1 << 20
 READ_SIZE = PIPE_SIZE
 # Where ``engine`` itself lives, so the child imports this very copy whatever its working directory.
 _PACKAGE_ROOT = str(Path(__file__).resolve().parent.parent)
-
-
-@dataclass(frozen=True)
-class Selection:
-    """Which chunk ids to send: all but ``skip``, or (retry-failed) only ``only``.
-
-    Both are serialized roaring bitmaps, the form the child deserializes.
-    """
-
-    skip: bytes
-    only: bytes | None
 
 
 class FrameReader:
@@ -140,9 +129,8 @@ class ProducerProcess:
         process = _take_child()
         self.pid = process.pid
         assert process.stdin is not None and process.stdout is not None
-        selection = self._selection
         job = pickle.dumps(
-            Job(self._inputs, selection.skip, selection.only,
+            Job(self._inputs, self._selection.to_bytes(),
                 None if self._start is None else str(self._start),
                 None if self._state_dir is None else str(self._state_dir), self._state_every)
         )  # fmt: skip
@@ -269,11 +257,11 @@ def _write_and_close(stream: Any, job: bytes) -> None:
 class ProducerInProcess:
     """The same interface over a producer in this process (standard input, tests)."""
 
-    def __init__(self, producer: Producer, wanted: Any) -> None:
+    def __init__(self, producer: Producer, selection: Selection) -> None:
         self.counts = producer.counts
         self.skipped = 0
         self._producer = producer
-        self._wanted = wanted
+        self._selection = selection
 
     @property
     def layouts(self) -> list[Any]:
@@ -284,8 +272,9 @@ class ProducerInProcess:
         return self._producer.bytes_read
 
     async def chunks(self) -> AsyncGenerator[Chunk, None]:
+        wants = self._selection.wants
         for count, chunk in enumerate(self._producer.chunks()):
-            if self._wanted(chunk.id):
+            if wants(chunk.id):
                 yield chunk
             else:
                 self.skipped += 1
