@@ -29,7 +29,7 @@ import subprocess
 import sys
 from collections.abc import AsyncGenerator, Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, assert_never, cast
 
 import anyio
 import anyio.lowlevel
@@ -37,10 +37,21 @@ import anyio.to_thread
 
 from engine.batcher import Producer, RejectSink
 from engine.errors import InputError
-from engine.producer_child import FRAME_HEADER, Job
+from engine.producer_messages import (
+    FRAME_HEADER,
+    Batch,
+    Crashed,
+    Done,
+    InputFailed,
+    Job,
+    LogLine,
+    Message,
+    StateSaved,
+)
 from engine.records import Chunk, InputCounts, Reject
 from engine.selection import Selection
 from engine.settings import STATE_EVERY_ROWS, InputSettings
+from engine.source import FileLayout
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +82,7 @@ class FrameReader:
             self._start = 0
         self._buffer += data
 
-    def messages(self) -> Iterator[Any]:
+    def messages(self) -> Iterator[Message]:
         buffer, size = self._buffer, FRAME_HEADER.size
         while len(buffer) - self._start >= size:
             (length,) = FRAME_HEADER.unpack_from(buffer, self._start)
@@ -79,7 +90,7 @@ class FrameReader:
             if len(buffer) < end:
                 return
             with memoryview(buffer) as view:
-                message = pickle.loads(view[self._start + size : end])
+                message = cast("Message", pickle.loads(view[self._start + size : end]))
             self._start = end
             yield message
 
@@ -115,7 +126,7 @@ class ProducerProcess:
         self.counts = InputCounts()
         self.skipped = 0
         self.bytes_read = 0  # of the input files, as the child last said
-        self.layouts: list[Any] = []
+        self.layouts: list[FileLayout] = []
         self._inputs = inputs
         self._selection = selection
         self._on_reject = on_reject
@@ -142,23 +153,24 @@ class ProducerProcess:
             frames = FrameReader()
             while True:
                 for message in frames.messages():
-                    kind = message[0]
-                    if kind == "batch":
-                        for chunk in self._receive(message):
-                            yield chunk
-                    elif kind == "state":
-                        if self._on_state is not None:
-                            self._on_state(message[1], message[2])
-                    elif kind == "log":
-                        logging.getLogger(message[2]).log(message[1], "%s", message[3])
-                    elif kind == "done":
-                        self.layouts = message[1]
-                        return
-                    elif kind == "error":
-                        _, reason, file, line = message
-                        raise InputError(reason, file=file, line=line)
-                    else:
-                        raise RuntimeError(f"the producer process failed:\n{message[1]}")
+                    match message:
+                        case Batch():
+                            for chunk in self._receive(message):
+                                yield chunk
+                        case StateSaved(next_chunk, file):
+                            if self._on_state is not None:
+                                self._on_state(next_chunk, file)
+                        case LogLine(level, logger, text):
+                            logging.getLogger(logger).log(level, "%s", text)
+                        case Done(layouts):
+                            self.layouts = layouts
+                            return
+                        case InputFailed(reason, file, line):
+                            raise InputError(reason, file=file, line=line)
+                        case Crashed(trace):
+                            raise RuntimeError(f"the producer process failed:\n{trace}")
+                        case _:
+                            assert_never(message)
                 try:
                     data = os.read(fd, READ_SIZE)
                 except BlockingIOError:
@@ -177,13 +189,16 @@ class ProducerProcess:
                 process.kill()
             process.wait()
 
-    def _receive(self, message: Any) -> list[Chunk]:
-        _, chunks, rejects, counts, self.skipped, self.bytes_read = message
-        for file, line, raw, reason in rejects:
+    def _receive(self, batch: Batch) -> list[Chunk]:
+        self.skipped, self.bytes_read = batch.skipped, batch.bytes_read
+        for file, line, raw, reason in batch.rejects:
             self._on_reject(Reject(file, line, raw, reason))
         c = self.counts
-        c.rows, c.accepted, c.rejected, c.duplicates, c.chunks, c.finished = counts
-        return [Chunk(*fields) for fields in chunks]
+        c.rows, c.accepted, c.rejected, c.duplicates, c.chunks, c.finished = batch.counts
+        return [
+            Chunk(chunk_id, numbers, files, lines, payload=payload)
+            for chunk_id, numbers, files, lines, payload in batch.chunks
+        ]
 
 
 # A child started ahead of its job (see prestart), waiting for it on its standard input.

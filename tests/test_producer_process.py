@@ -21,7 +21,7 @@ from engine import producer_process
 from engine.batcher import Producer
 from engine.errors import InputError
 from engine.numbers import Normalizer
-from engine.producer_child import FRAME_HEADER
+from engine.producer_messages import FRAME_HEADER
 from engine.producer_process import FrameReader, ProducerProcess
 from engine.records import Chunk, Reject
 from engine.selection import Selection
