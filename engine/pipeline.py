@@ -45,7 +45,7 @@ from engine.guard import FirstContact, NotFoundGuard
 from engine.limits import Limit, describe_limit
 from engine.numbers import Normalizer, formatter
 from engine.pacing import Pacer
-from engine.producer_process import ProducerInProcess, ProducerProcess
+from engine.producer_process import ChunkSource, ProducerInProcess, ProducerProcess
 from engine.records import Chunk, ChunkResult, InputCounts, LiveStats
 from engine.redact import REDACTOR
 from engine.report import default_report_dir, write_report
@@ -175,7 +175,7 @@ class Run:
         # An input that failed after chunks were sent: the run drains, then stops with it.
         self.input_error: InputError | None = None
 
-    def _chunk_source(self) -> ProducerProcess | ProducerInProcess:
+    def _chunk_source(self) -> ChunkSource:
         """The producer runs in a child process (the second core) unless it reads stdin."""
         inputs = self.settings.inputs
         # The one decision of which chunks this pass sends: the producer and its state go by it.

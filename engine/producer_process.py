@@ -29,7 +29,7 @@ import subprocess
 import sys
 from collections.abc import AsyncGenerator, Callable, Iterator
 from pathlib import Path
-from typing import Any, assert_never, cast
+from typing import Any, Protocol, assert_never, cast
 
 import anyio
 import anyio.lowlevel
@@ -67,6 +67,26 @@ PIPE_SIZE = 1 << 20
 READ_SIZE = PIPE_SIZE
 # Where ``engine`` itself lives, so the child imports this very copy whatever its working directory.
 _PACKAGE_ROOT = str(Path(__file__).resolve().parent.parent)
+
+
+class ChunkSource(Protocol):
+    """Where a run's chunks come from: a producer process, or a producer in this one."""
+
+    @property
+    def counts(self) -> InputCounts:
+        """The producer's counts so far (``finished`` once every input is read)."""
+
+    @property
+    def skipped(self) -> int:
+        """Chunks produced and not sent (the selection does not want them), so far."""
+
+    @property
+    def bytes_read(self) -> int:
+        """Bytes of the input files taken so far, for progress."""
+
+    def chunks(self) -> AsyncGenerator[Chunk, None]:
+        """The chunks to send, in order; closing it stops the producer."""
+        ...
 
 
 class FrameReader:
