@@ -174,7 +174,7 @@ def produce(job: Job, frames: FrameWriter) -> None:
         if len(chunks) >= CHUNKS_PER_MESSAGE or len(rejects) >= REJECTS_PER_MESSAGE:
             flush()
     flush()
-    frames.send(Done(producer.layouts))
+    frames.send(Done())
 
 
 def main() -> None:

@@ -27,7 +27,6 @@ from array import array
 from dataclasses import dataclass
 
 from engine.settings import STATE_EVERY_ROWS, InputSettings
-from engine.source import FileLayout
 
 FRAME_HEADER = struct.Struct("<I")
 
@@ -74,7 +73,7 @@ class StateSaved:
 
 @dataclass(frozen=True, slots=True)
 class Done:
-    layouts: list[FileLayout]
+    pass
 
 
 @dataclass(frozen=True, slots=True)

@@ -51,7 +51,6 @@ from engine.producer_messages import (
 from engine.records import Chunk, InputCounts, Reject
 from engine.selection import Selection
 from engine.settings import STATE_EVERY_ROWS, InputSettings
-from engine.source import FileLayout
 
 log = logging.getLogger(__name__)
 
@@ -146,7 +145,6 @@ class ProducerProcess:
         self.counts = InputCounts()
         self.skipped = 0
         self.bytes_read = 0  # of the input files, as the child last said
-        self.layouts: list[FileLayout] = []
         self._inputs = inputs
         self._selection = selection
         self._on_reject = on_reject
@@ -182,8 +180,7 @@ class ProducerProcess:
                                 self._on_state(next_chunk, file)
                         case LogLine(level, logger, text):
                             logging.getLogger(logger).log(level, "%s", text)
-                        case Done(layouts):
-                            self.layouts = layouts
+                        case Done():
                             return
                         case InputFailed(reason, file, line):
                             raise InputError(reason, file=file, line=line)
@@ -297,10 +294,6 @@ class ProducerInProcess:
         self.skipped = 0
         self._producer = producer
         self._selection = selection
-
-    @property
-    def layouts(self) -> list[Any]:
-        return list(self._producer.layouts)
 
     @property
     def bytes_read(self) -> int:
