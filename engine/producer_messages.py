@@ -25,6 +25,7 @@ from __future__ import annotations
 import struct
 from array import array
 from dataclasses import dataclass
+from typing import Any
 
 from engine.settings import STATE_EVERY_ROWS, InputSettings
 
@@ -36,6 +37,21 @@ ChunkFields = tuple[int, "array[int]", "array[int]", "array[int]", bytes]
 RejectFields = tuple[int, int, str, str]
 # The producer's InputCounts: rows, accepted, rejected, duplicates, chunks, finished.
 CountFields = tuple[int, int, int, int, int, bool]
+
+
+class _Wire:
+    """Pickled as its class and its fields' values, as cheaply as a tuple.
+
+    A slotted dataclass otherwise pickles through its generated ``__getstate__`` and
+    ``__setstate__``, which cost some 10 µs a message each way: for a batch, a fifth more than
+    the tuple it replaced.
+    """
+
+    __slots__ = ()
+
+    def __reduce__(self) -> tuple[type[_Wire], tuple[Any, ...]]:
+        fields: tuple[str, ...] = self.__slots__  # a dataclass's slots: its fields, in order
+        return type(self), tuple([getattr(self, name) for name in fields])
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,7 +66,7 @@ class Job:
 
 
 @dataclass(frozen=True, slots=True)
-class Batch:
+class Batch(_Wire):
     chunks: list[ChunkFields]
     rejects: list[RejectFields]
     counts: CountFields
@@ -59,32 +75,32 @@ class Batch:
 
 
 @dataclass(frozen=True, slots=True)
-class LogLine:
+class LogLine(_Wire):
     level: int
     logger: str
     text: str
 
 
 @dataclass(frozen=True, slots=True)
-class StateSaved:
+class StateSaved(_Wire):
     next_chunk: int
     file: str
 
 
 @dataclass(frozen=True, slots=True)
-class Done:
+class Done(_Wire):
     pass
 
 
 @dataclass(frozen=True, slots=True)
-class InputFailed:
+class InputFailed(_Wire):
     reason: str
     file: str | None
     line: int | None
 
 
 @dataclass(frozen=True, slots=True)
-class Crashed:
+class Crashed(_Wire):
     traceback: str
 
 

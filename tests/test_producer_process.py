@@ -10,6 +10,7 @@ import pickle
 import subprocess
 import sys
 import time
+from array import array
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,15 @@ from engine import producer_process
 from engine.batcher import Producer
 from engine.errors import InputError
 from engine.numbers import Normalizer
-from engine.producer_messages import FRAME_HEADER
+from engine.producer_messages import (
+    FRAME_HEADER,
+    Batch,
+    Crashed,
+    Done,
+    InputFailed,
+    LogLine,
+    StateSaved,
+)
 from engine.producer_process import FrameReader, ProducerProcess
 from engine.records import Chunk, Reject
 from engine.selection import Selection
@@ -116,6 +125,22 @@ def test_frames_split_anywhere_come_out_whole_and_in_order() -> None:
             got.extend(reader.messages())
         assert got == messages
         assert reader.pending == 0
+
+
+def test_every_message_crosses_the_pipe_as_an_equal_record() -> None:
+    """The records pickle by their own __reduce__ (class and fields): each comes back equal."""
+    row = (4, array("q", [919876543210]), array("I", [0]), array("q", [2]), b'["9876543210"]')
+    messages = [
+        Batch([row], [(0, 3, "n/a", "not a phone number")], (3, 1, 1, 0, 1, False), 2, 77),
+        LogLine(logging.WARNING, "engine.batcher", "a warning"),
+        StateSaved(12, "state-12.ozstate"),
+        Done(),
+        InputFailed("cannot be decoded", "in.csv", None),
+        Crashed("Traceback (most recent call last): ..."),
+    ]
+    for message in messages:
+        copy = pickle.loads(pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL))
+        assert type(copy) is type(message) and copy == message
 
 
 def test_a_producer_stopped_early_takes_its_process_with_it(sample_csv) -> None:
