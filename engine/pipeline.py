@@ -44,10 +44,11 @@ from engine.limits import describe_limit
 from engine.numbers import Normalizer, formatter
 from engine.pacing import Pacer
 from engine.pass_start import PassStart
-from engine.producer_process import ProducerInProcess, ProducerProcess, Selection
+from engine.producer_process import ChunkSource, ProducerInProcess, ProducerProcess
 from engine.records import Chunk, ChunkResult, InputCounts, LiveStats
 from engine.redact import REDACTOR
 from engine.report import default_report_dir, write_report
+from engine.selection import Selection
 from engine.settings import RunSettings
 from engine.telemetry import Telemetry
 from engine.workers import WorkerContext, worker
@@ -137,8 +138,6 @@ class Run:
         )
         self.telemetry = Telemetry(start.telemetry, pass_number=start.passes + 1)
         self.telemetry.pacer = self.pacer
-        # The selection's view of them (see _chunk_source and should_send).
-        self.done, self.failed_before = start.done, start.failed
         self.guard = NotFoundGuard(
             start.counters.get(GUARD_KEY),
             allow=settings.allow_not_found,
@@ -164,6 +163,10 @@ class Run:
             # committed before execute.
             input_counts=lambda: self.source.counts,
         )
+        # The one decision of which chunks this pass sends: the producer and its state go by it.
+        self.selection = Selection.build(
+            done=start.done, failed=start.failed, retry_failed=settings.retry_failed
+        )
         self.source = self._chunk_source()
         self.telemetry.input_finished = lambda: self.source.counts.finished
         self.stopping = anyio.Event()
@@ -174,37 +177,22 @@ class Run:
         # An input that failed after chunks were sent: the run drains, then stops with it.
         self.input_error: InputError | None = None
 
-    def _chunk_source(self) -> ProducerProcess | ProducerInProcess:
+    def _chunk_source(self) -> ChunkSource:
         """The producer runs in a child process (the second core) unless it reads stdin."""
         inputs = self.settings.inputs
+        selection = self.selection
         if self.settings.producer_process and not inputs.from_stdin:
-            only = self.failed_before.serialize() if self.settings.retry_failed else None
-            selection = Selection(skip=self.done.serialize(), only=only)
             return ProducerProcess(
                 inputs,
                 selection,
                 self.collector.reject,
-                start=self.checkpoint.producer_state(self._first_to_send()),
+                start=self.checkpoint.producer_state(selection.first()),
                 on_state=self.collector.producer_state,
                 state_dir=states_dir(self.checkpoint.path),
                 state_every=self.settings.producer_state_rows,
             )
         producer = Producer(inputs, self.normalizer, self.collector.reject)
-        return ProducerInProcess(producer, self.should_send)
-
-    def _first_to_send(self) -> int:
-        """The lowest chunk id this pass may send: a producer state before it can be used."""
-        if self.settings.retry_failed:
-            return self.failed_before.min() if self.failed_before else 0
-        # The longest prefix 0..k-1 that is all done, by bisection on the bitmap's rank.
-        done, low, high = self.done, 0, len(self.done)
-        while low < high:
-            middle = (low + high + 1) // 2
-            if done.rank(middle - 1) == middle:
-                low = middle
-            else:
-                high = middle - 1
-        return low
+        return ProducerInProcess(producer, selection)
 
     @property
     def counts(self) -> InputCounts:
@@ -213,11 +201,6 @@ class Run:
     @property
     def skipped_chunks(self) -> int:
         return self.source.skipped
-
-    def should_send(self, chunk_id: int) -> bool:
-        if self.settings.retry_failed:
-            return chunk_id in self.failed_before
-        return chunk_id not in self.done
 
     async def produce(self, chunks: Any) -> None:
         # aclosing: a stop ends the producer (and kills its process) now, not at garbage time.

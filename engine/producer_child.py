@@ -2,19 +2,8 @@
 
 It reads its job (the inputs and which chunk ids to send) as one pickle on standard input, runs
 the very same :class:`~engine.batcher.Producer` as an in-process run, and writes frames to
-standard output: a 4-byte little-endian length, then a pickled message. Messages are
-
-``("batch", chunks, rejects, counts, skipped, bytes_read)``
-                                                 a few chunks, the rejects since the last batch,
-                                                 the producer's counts, the chunks skipped so far,
-                                                 the bytes of input taken (for progress)
-``("log", level, logger, text)``                 a log record, formatted and redacted by the parent
-``("state", next_chunk, file)``                  a :class:`~engine.batcher.ProducerState` was
-                                                 written to ``file`` in the job's state folder,
-                                                 after every chunk before ``next_chunk`` was sent
-``("done", layouts)``                            every input read
-``("error", reason, file, line)``                an input the producer cannot use
-``("crash", traceback)``                         a bug: the parent reports it as one
+standard output: the messages of :mod:`engine.producer_messages` (batches of chunks with the
+rejects and counts, log lines, states written, then done, a bad input or a crash).
 
 It imports nothing of the HTTP side (aiohttp, anyio, SQLite), so it is producing within some
 50 ms of its start. Ctrl-C and SIGTERM are ignored: the parent decides how a run stops, and
@@ -29,42 +18,43 @@ import logging
 import os
 import pickle
 import signal
-import struct
 import sys
 import traceback
 from array import array
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import BinaryIO
 
 import orjson
-from pyroaring import BitMap
 
 from engine import state_file
 from engine.batcher import Producer, ProducerState
 from engine.errors import InputError
 from engine.files import PRIVATE_FILE, make_private_dir
 from engine.numbers import Normalizer, formatter
+from engine.producer_messages import (
+    FRAME_HEADER,
+    Batch,
+    ChunkFields,
+    CountFields,
+    Crashed,
+    Done,
+    InputFailed,
+    Job,
+    LogLine,
+    Message,
+    RejectFields,
+    StateSaved,
+)
 from engine.records import InputCounts
-from engine.settings import STATE_EVERY_ROWS, InputSettings
+from engine.selection import Selection
 
-# Chunks per "batch" message: enough that the parent, when it waits for chunks, is woken once
+# Chunks per batch message: enough that the parent, when it waits for chunks, is woken once
 # per 3,200 numbers rather than per few hundred; few enough that its first chunks come within
 # some 5 ms of the first row read.
 CHUNKS_PER_MESSAGE = 32
 REJECTS_PER_MESSAGE = 1024
-FRAME_HEADER = struct.Struct("<I")
 
 log = logging.getLogger(__name__)
-
-
-def skip_predicate(skip: bytes, only: bytes | None) -> Callable[[int], bool]:
-    """Which chunk ids to send: all but the serialized ``skip`` set, or only the ``only`` set."""
-    if only is not None:
-        return BitMap.deserialize(only).__contains__
-    done = BitMap.deserialize(skip)
-    return lambda chunk_id: chunk_id not in done
 
 
 class FrameWriter:
@@ -73,7 +63,7 @@ class FrameWriter:
     def __init__(self, stream: BinaryIO) -> None:
         self._stream = stream
 
-    def send(self, message: Any) -> None:
+    def send(self, message: Message) -> None:
         body = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
         self._stream.write(FRAME_HEADER.pack(len(body)))
         self._stream.write(body)
@@ -88,24 +78,12 @@ class _ShipLogs(logging.Handler):
         self._frames = frames
 
     def emit(self, record: logging.LogRecord) -> None:
-        self._frames.send(("log", record.levelno, record.name, record.getMessage()))
+        self._frames.send(LogLine(record.levelno, record.name, record.getMessage()))
 
 
-def _counts(counts: InputCounts) -> tuple[int, int, int, int, int, bool]:
+def _counts(counts: InputCounts) -> CountFields:
     return (counts.rows, counts.accepted, counts.rejected, counts.duplicates, counts.chunks,
             counts.finished)  # fmt: skip
-
-
-@dataclass(frozen=True)
-class Job:
-    """What the parent asks for: the inputs, which chunk ids to send, and where to begin."""
-
-    inputs: InputSettings
-    skip: bytes  # serialized bitmap: ids not to send (finished)
-    only: bytes | None  # serialized bitmap: the only ids to send (--retry-failed), or None
-    start: str | None = None  # the file of a ProducerState to continue from
-    state_dir: str | None = None  # where to write states; None: write none
-    state_every: int = STATE_EVERY_ROWS  # rows between states, at first
 
 
 def write_state(folder: Path, state: ProducerState) -> str:
@@ -152,17 +130,16 @@ def load_state(path: Path) -> ProducerState | None:
 def produce(job: Job, frames: FrameWriter) -> None:
     """Run the producer over the job's inputs and ship every wanted chunk, with counts,
     rejects and (if asked) states."""
-    inputs, wanted = job.inputs, skip_predicate(job.skip, job.only)
-    rejects: list[tuple[int, int, str, str]] = []
-    chunks: list[tuple[int, array[int], array[int], array[int], bytes]] = []
+    inputs, wanted = job.inputs, Selection.from_bytes(job.selection).wants
+    rejects: list[RejectFields] = []
+    chunks: list[ChunkFields] = []
     start = None if job.start is None else load_state(Path(job.start))
     # Every chunk before a state was finished when the run that stored it stopped.
     skipped = 0 if start is None else start.counts.chunks
 
     def flush() -> None:
         nonlocal chunks, rejects
-        frames.send(("batch", chunks, rejects, _counts(producer.counts), skipped,
-                     producer.bytes_read))  # fmt: skip
+        frames.send(Batch(chunks, rejects, _counts(producer.counts), skipped, producer.bytes_read))
         chunks, rejects = [], []
 
     def send_state(state: ProducerState) -> None:
@@ -173,7 +150,7 @@ def produce(job: Job, frames: FrameWriter) -> None:
         except OSError as error:  # a resume then re-reads more of the input: no reason to stop
             log.warning("could not store a producer state in %s: %s", job.state_dir, error)
             return
-        frames.send(("state", state.counts.chunks, name))
+        frames.send(StateSaved(state.counts.chunks, name))
 
     producer = Producer(
         inputs,
@@ -197,7 +174,7 @@ def produce(job: Job, frames: FrameWriter) -> None:
         if len(chunks) >= CHUNKS_PER_MESSAGE or len(rejects) >= REJECTS_PER_MESSAGE:
             flush()
     flush()
-    frames.send(("done", producer.layouts))
+    frames.send(Done())
 
 
 def main() -> None:
@@ -212,14 +189,15 @@ def main() -> None:
     root.handlers[:] = [_ShipLogs(frames)]
     root.setLevel(logging.INFO)
     try:
-        produce(pickle.loads(sys.stdin.buffer.read()), frames)
+        job: Job = pickle.loads(sys.stdin.buffer.read())
+        produce(job, frames)
     except InputError as error:
-        frames.send(("error", error.reason, error.file, error.line))
+        frames.send(InputFailed(error.reason, error.file, error.line))
     except (BrokenPipeError, ConnectionResetError):
         pass  # the parent stopped listening: it is stopping or gone
     except Exception:  # a bug, not the input's fault: the parent reports it as one
         with contextlib.suppress(OSError):
-            frames.send(("crash", traceback.format_exc()))
+            frames.send(Crashed(traceback.format_exc()))
     finally:
         with contextlib.suppress(OSError):
             out.close()

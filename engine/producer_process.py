@@ -12,9 +12,9 @@ that would re-import the parent's main module (the whole CLI and HTTP stack) in 
 start a resource-tracker process besides. The parent reads the pipe without ever blocking the
 event loop: it waits until the pipe is readable, takes what is there, and cuts it into frames.
 
-The child skips the chunks the checkpoint holds as finished (the parent passes their ids), so a
-resume ships only what is left. Standard input stays in the parent's process: a child cannot
-share it.
+The child skips the chunks this pass does not send (the parent passes its
+:class:`~engine.selection.Selection`), so a resume ships only what is left. Standard input stays
+in the parent's process: a child cannot share it.
 """
 
 from __future__ import annotations
@@ -28,9 +28,8 @@ import pickle
 import subprocess
 import sys
 from collections.abc import AsyncGenerator, Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, assert_never, cast
 
 import anyio
 import anyio.lowlevel
@@ -38,8 +37,19 @@ import anyio.to_thread
 
 from engine.batcher import Producer, RejectSink
 from engine.errors import InputError
-from engine.producer_child import FRAME_HEADER, Job
+from engine.producer_messages import (
+    FRAME_HEADER,
+    Batch,
+    Crashed,
+    Done,
+    InputFailed,
+    Job,
+    LogLine,
+    Message,
+    StateSaved,
+)
 from engine.records import Chunk, InputCounts, Reject
+from engine.selection import Selection
 from engine.settings import STATE_EVERY_ROWS, InputSettings
 
 log = logging.getLogger(__name__)
@@ -58,15 +68,24 @@ READ_SIZE = PIPE_SIZE
 _PACKAGE_ROOT = str(Path(__file__).resolve().parent.parent)
 
 
-@dataclass(frozen=True)
-class Selection:
-    """Which chunk ids to send: all but ``skip``, or (retry-failed) only ``only``.
+class ChunkSource(Protocol):
+    """Where a run's chunks come from: a producer process, or a producer in this one."""
 
-    Both are serialized roaring bitmaps, the form the child deserializes.
-    """
+    @property
+    def counts(self) -> InputCounts:
+        """The producer's counts so far (``finished`` once every input is read)."""
 
-    skip: bytes
-    only: bytes | None
+    @property
+    def skipped(self) -> int:
+        """Chunks produced and not sent (the selection does not want them), so far."""
+
+    @property
+    def bytes_read(self) -> int:
+        """Bytes of the input files taken so far, for progress."""
+
+    def chunks(self) -> AsyncGenerator[Chunk, None]:
+        """The chunks to send, in order; closing it stops the producer."""
+        ...
 
 
 class FrameReader:
@@ -82,7 +101,7 @@ class FrameReader:
             self._start = 0
         self._buffer += data
 
-    def messages(self) -> Iterator[Any]:
+    def messages(self) -> Iterator[Message]:
         buffer, size = self._buffer, FRAME_HEADER.size
         while len(buffer) - self._start >= size:
             (length,) = FRAME_HEADER.unpack_from(buffer, self._start)
@@ -90,7 +109,7 @@ class FrameReader:
             if len(buffer) < end:
                 return
             with memoryview(buffer) as view:
-                message = pickle.loads(view[self._start + size : end])
+                message = cast("Message", pickle.loads(view[self._start + size : end]))
             self._start = end
             yield message
 
@@ -126,7 +145,6 @@ class ProducerProcess:
         self.counts = InputCounts()
         self.skipped = 0
         self.bytes_read = 0  # of the input files, as the child last said
-        self.layouts: list[Any] = []
         self._inputs = inputs
         self._selection = selection
         self._on_reject = on_reject
@@ -140,9 +158,8 @@ class ProducerProcess:
         process = _take_child()
         self.pid = process.pid
         assert process.stdin is not None and process.stdout is not None
-        selection = self._selection
         job = pickle.dumps(
-            Job(self._inputs, selection.skip, selection.only,
+            Job(self._inputs, self._selection.to_bytes(),
                 None if self._start is None else str(self._start),
                 None if self._state_dir is None else str(self._state_dir), self._state_every)
         )  # fmt: skip
@@ -154,23 +171,23 @@ class ProducerProcess:
             frames = FrameReader()
             while True:
                 for message in frames.messages():
-                    kind = message[0]
-                    if kind == "batch":
-                        for chunk in self._receive(message):
-                            yield chunk
-                    elif kind == "state":
-                        if self._on_state is not None:
-                            self._on_state(message[1], message[2])
-                    elif kind == "log":
-                        logging.getLogger(message[2]).log(message[1], "%s", message[3])
-                    elif kind == "done":
-                        self.layouts = message[1]
-                        return
-                    elif kind == "error":
-                        _, reason, file, line = message
-                        raise InputError(reason, file=file, line=line)
-                    else:
-                        raise RuntimeError(f"the producer process failed:\n{message[1]}")
+                    match message:
+                        case Batch():
+                            for chunk in self._receive(message):
+                                yield chunk
+                        case StateSaved(next_chunk, file):
+                            if self._on_state is not None:
+                                self._on_state(next_chunk, file)
+                        case LogLine(level, logger, text):
+                            logging.getLogger(logger).log(level, "%s", text)
+                        case Done():
+                            return
+                        case InputFailed(reason, file, line):
+                            raise InputError(reason, file=file, line=line)
+                        case Crashed(trace):
+                            raise RuntimeError(f"the producer process failed:\n{trace}")
+                        case _:
+                            assert_never(message)
                 try:
                     data = os.read(fd, READ_SIZE)
                 except BlockingIOError:
@@ -189,13 +206,16 @@ class ProducerProcess:
                 process.kill()
             process.wait()
 
-    def _receive(self, message: Any) -> list[Chunk]:
-        _, chunks, rejects, counts, self.skipped, self.bytes_read = message
-        for file, line, raw, reason in rejects:
+    def _receive(self, batch: Batch) -> list[Chunk]:
+        self.skipped, self.bytes_read = batch.skipped, batch.bytes_read
+        for file, line, raw, reason in batch.rejects:
             self._on_reject(Reject(file, line, raw, reason))
         c = self.counts
-        c.rows, c.accepted, c.rejected, c.duplicates, c.chunks, c.finished = counts
-        return [Chunk(*fields) for fields in chunks]
+        c.rows, c.accepted, c.rejected, c.duplicates, c.chunks, c.finished = batch.counts
+        return [
+            Chunk(chunk_id, numbers, files, lines, payload=payload)
+            for chunk_id, numbers, files, lines, payload in batch.chunks
+        ]
 
 
 # A child started ahead of its job (see prestart), waiting for it on its standard input.
@@ -269,23 +289,20 @@ def _write_and_close(stream: Any, job: bytes) -> None:
 class ProducerInProcess:
     """The same interface over a producer in this process (standard input, tests)."""
 
-    def __init__(self, producer: Producer, wanted: Any) -> None:
+    def __init__(self, producer: Producer, selection: Selection) -> None:
         self.counts = producer.counts
         self.skipped = 0
         self._producer = producer
-        self._wanted = wanted
-
-    @property
-    def layouts(self) -> list[Any]:
-        return list(self._producer.layouts)
+        self._selection = selection
 
     @property
     def bytes_read(self) -> int:
         return self._producer.bytes_read
 
     async def chunks(self) -> AsyncGenerator[Chunk, None]:
+        wants = self._selection.wants
         for count, chunk in enumerate(self._producer.chunks()):
-            if self._wanted(chunk.id):
+            if wants(chunk.id):
                 yield chunk
             else:
                 self.skipped += 1

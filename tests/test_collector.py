@@ -517,7 +517,7 @@ async def test_a_pass_reads_what_it_starts_from_once_and_hands_it_to_the_stages(
         assert len(reads) == 10 and max(reads.values()) == 1, reads
         start = run.start
         assert (list(start.done), list(start.failed)) == ([0], [2])
-        assert (run.done, run.failed_before) == (start.done, start.failed)
+        assert [run.selection.wants(chunk) for chunk in range(4)] == [False, True, True, True]
         assert start.token_issued_at == (123.0,) and start.passes == 2
         assert run.telemetry.pass_number == 3
         assert run.pacer.limit == start.server_limit is not None

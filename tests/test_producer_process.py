@@ -10,6 +10,7 @@ import pickle
 import subprocess
 import sys
 import time
+from array import array
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +22,31 @@ from engine import producer_process
 from engine.batcher import Producer
 from engine.errors import InputError
 from engine.numbers import Normalizer
-from engine.producer_child import FRAME_HEADER
-from engine.producer_process import FrameReader, ProducerProcess, Selection
+from engine.producer_messages import (
+    FRAME_HEADER,
+    Batch,
+    Crashed,
+    Done,
+    InputFailed,
+    LogLine,
+    StateSaved,
+)
+from engine.producer_process import FrameReader, ProducerProcess
 from engine.records import Chunk, Reject
+from engine.selection import Selection
 from engine.settings import InputSettings
+
+# Every chunk: a first pass, nothing done or failed yet.
+EVERYTHING = Selection.build(done=BitMap(), failed=BitMap(), retry_failed=False)
+
+
+class _Garbled(Selection):
+    """A selection whose serialized form the child cannot read."""
+
+    __slots__ = ()
+
+    def to_bytes(self) -> bytes:
+        return b"not a serialized bitmap"
 
 
 def _collect(source: ProducerProcess) -> list[Chunk]:
@@ -41,9 +63,7 @@ def test_child_process_yields_the_same_chunks_counts_and_rejects(sample_csv) -> 
     producer = Producer(inputs, Normalizer(), expected_rejects.append)
     expected = list(producer.chunks())
     rejects: list[Reject] = []
-    source = ProducerProcess(
-        inputs, Selection(skip=BitMap().serialize(), only=None), rejects.append
-    )
+    source = ProducerProcess(inputs, EVERYTHING, rejects.append)
     got = _collect(source)
     assert [(c.id, list(c.numbers), list(c.files), list(c.lines)) for c in got] == [
         (c.id, list(c.numbers), list(c.files), list(c.lines)) for c in expected
@@ -57,12 +77,14 @@ def test_child_process_skips_finished_chunks_and_counts_them(sample_csv) -> None
     """Chunk ids in the skip set are not shipped; `only` ships just those ids."""
     inputs = InputSettings(paths=(str(sample_csv(3000)),))
     done = BitMap(range(0, 20))
-    source = ProducerProcess(inputs, Selection(skip=done.serialize(), only=None), lambda _: None)
+    resume = Selection.build(done=done, failed=BitMap(), retry_failed=False)
+    source = ProducerProcess(inputs, resume, lambda _: None)
     ids = [chunk.id for chunk in _collect(source)]
     assert ids == list(range(20, source.counts.chunks))
     assert source.skipped == 20
     only = BitMap([3, 7])
-    retry = ProducerProcess(inputs, Selection(skip=b"", only=only.serialize()), lambda _: None)
+    failed = Selection.build(done=BitMap(), failed=only, retry_failed=True)
+    retry = ProducerProcess(inputs, failed, lambda _: None)
     assert [chunk.id for chunk in _collect(retry)] == [3, 7]
 
 
@@ -71,9 +93,7 @@ def test_child_process_input_error_keeps_file_and_reason(tmp_path: Path) -> None
     binary = tmp_path / "binary.csv"
     binary.write_bytes(bytes(range(256)) * 64)
     inputs = InputSettings(paths=(str(binary),))
-    source = ProducerProcess(
-        inputs, Selection(skip=BitMap().serialize(), only=None), lambda _: None
-    )
+    source = ProducerProcess(inputs, EVERYTHING, lambda _: None)
     with pytest.raises(InputError) as caught:
         _collect(source)
     assert caught.value.file == str(binary)
@@ -83,7 +103,7 @@ def test_child_process_input_error_keeps_file_and_reason(tmp_path: Path) -> None
 def test_a_crash_in_the_child_surfaces_as_an_internal_error_with_its_traceback(sample_csv) -> None:
     """A bug in the child is not blamed on the input: RuntimeError carrying the child's trace."""
     inputs = InputSettings(paths=(str(sample_csv(100)),))
-    broken = Selection(skip=b"not a serialized bitmap", only=None)
+    broken = _Garbled(BitMap(), only=False)
     source = ProducerProcess(inputs, broken, lambda _: None)
     with pytest.raises(RuntimeError, match="the producer process failed") as caught:
         _collect(source)
@@ -107,12 +127,26 @@ def test_frames_split_anywhere_come_out_whole_and_in_order() -> None:
         assert reader.pending == 0
 
 
+def test_every_message_crosses_the_pipe_as_an_equal_record() -> None:
+    """The records pickle by their own __reduce__ (class and fields): each comes back equal."""
+    row = (4, array("q", [919876543210]), array("I", [0]), array("q", [2]), b'["9876543210"]')
+    messages = [
+        Batch([row], [(0, 3, "n/a", "not a phone number")], (3, 1, 1, 0, 1, False), 2, 77),
+        LogLine(logging.WARNING, "engine.batcher", "a warning"),
+        StateSaved(12, "state-12.ozstate"),
+        Done(),
+        InputFailed("cannot be decoded", "in.csv", None),
+        Crashed("Traceback (most recent call last): ..."),
+    ]
+    for message in messages:
+        copy = pickle.loads(pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL))
+        assert type(copy) is type(message) and copy == message
+
+
 def test_a_producer_stopped_early_takes_its_process_with_it(sample_csv) -> None:
     """Closing the chunk iterator after one chunk (a stop) kills and reaps the child at once."""
     inputs = InputSettings(paths=(str(sample_csv(20_000)),))
-    source = ProducerProcess(
-        inputs, Selection(skip=BitMap().serialize(), only=None), lambda _: None
-    )
+    source = ProducerProcess(inputs, EVERYTHING, lambda _: None)
 
     async def first_chunk() -> Chunk:
         async with contextlib.aclosing(source.chunks()) as chunks:
@@ -145,7 +179,7 @@ def test_the_child_writes_states_and_goes_on_exactly_from_one(sample_csv, tmp_pa
     """States are announced after the chunks before them; a child started from one ships exactly
     the chunks and rejects that followed it, and ends with the same counts."""
     inputs = InputSettings(paths=(str(sample_csv(12_000)),))
-    everything = Selection(skip=BitMap().serialize(), only=None)
+    everything = EVERYTHING
     states = tmp_path / "states"
     events: list[tuple[str, Any]] = []
     source = ProducerProcess(
@@ -180,7 +214,7 @@ def test_the_child_writes_states_and_goes_on_exactly_from_one(sample_csv, tmp_pa
 def test_an_unreadable_state_means_reading_from_the_start(sample_csv, tmp_path, caplog) -> None:
     """A damaged or missing state file is not fatal: the child says so and reads everything."""
     inputs = InputSettings(paths=(str(sample_csv(3_000)),))
-    everything = Selection(skip=BitMap().serialize(), only=None)
+    everything = EVERYTHING
     damaged = tmp_path / "state-7.ozstate"
     damaged.write_bytes(b"not a state")
     for start in (damaged, tmp_path / "missing.ozstate"):
@@ -200,9 +234,7 @@ def test_a_prestarted_child_is_the_one_that_produces(sample_csv, monkeypatch) ->
     prestarted = producer_process._prestarted
     assert prestarted is not None and prestarted.poll() is None
     inputs = InputSettings(paths=(str(sample_csv(3000)),))
-    source = ProducerProcess(
-        inputs, Selection(skip=BitMap().serialize(), only=None), lambda _: None
-    )
+    source = ProducerProcess(inputs, EVERYTHING, lambda _: None)
     chunks = _collect(source)
     assert source.pid == prestarted.pid
     assert [chunk.id for chunk in chunks] == list(range(source.counts.chunks))
