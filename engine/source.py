@@ -86,6 +86,14 @@ csv.field_size_limit(FIELD_LIMIT)
 Batch = tuple[list[int], list[str | None]]
 _T = TypeVar("_T")
 
+# Every gzip stream starts with these two bytes (RFC 1952), whatever its file is named.
+GZIP_MAGIC = b"\x1f\x8b"
+
+
+def is_gzip(head: bytes) -> bool:
+    """True if ``head``, the first bytes of a file, begins a gzip stream."""
+    return head.startswith(GZIP_MAGIC)
+
 
 class _FallbackCounter:
     """How many times bytes were read as Latin-1 because the file's encoding could not."""
@@ -585,7 +593,7 @@ class CsvSource:
             except OSError as error:
                 raise InputError(f"cannot open: {error.strerror}", file=name) from None
         sample = _read_sample(raw)
-        compressed = sample.startswith(b"\x1f\x8b")
+        compressed = is_gzip(sample)
         if compressed:
             # The compressed bytes read from the file, for the progress: outer; the unzipped
             # ones the reader takes: replay.
