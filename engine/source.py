@@ -49,10 +49,15 @@ from dataclasses import dataclass
 from functools import partial
 from itertools import islice
 from operator import itemgetter
-from typing import IO, Any, TypeVar
+from typing import IO, TYPE_CHECKING, TypeVar
 
 from engine.errors import InputError
 from engine.numbers import NULL_MARKERS
+
+if TYPE_CHECKING:
+    from _csv import Reader as CsvReader
+
+    from _typeshed import WriteableBuffer
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +154,7 @@ class _Replay(io.RawIOBase):
     def tell(self) -> int:
         return self.delivered
 
-    def readinto(self, buffer: Any) -> int:
+    def readinto(self, buffer: WriteableBuffer) -> int:
         target = memoryview(buffer).cast("B")
         if self._prefix:
             size = min(len(target), len(self._prefix))
@@ -637,7 +642,7 @@ class CsvSource:
         return text, layout
 
     def _batches(
-        self, reader: Any, layout: FileLayout, start: ReadPosition | None
+        self, reader: CsvReader, layout: FileLayout, start: ReadPosition | None
     ) -> Iterator[Batch]:
         index = layout.column_index
         skip = int(layout.has_header) + int(layout.sep_line)
@@ -697,7 +702,7 @@ def _consumed(outer: _Replay, inner: _Replay, buffered: io.BufferedIOBase) -> in
 
 
 def _read_batch(
-    reader: Any, index: int, last_line: int, skip: int
+    reader: CsvReader, index: int, last_line: int, skip: int
 ) -> tuple[list[int], list[str | None], int, int, int] | None:
     """Parse up to BATCH_ROWS records: (start lines, phone cells, records still to skip, last
     line read, records parsed).
