@@ -176,8 +176,7 @@ def _estimate_rows(paths: tuple[str, ...]) -> int | None:
         try:
             with open(path, "rb") as raw:
                 compressed = is_gzip(raw.read(len(GZIP_MAGIC)))
-            opener: Any = gzip.open if compressed else open
-            with opener(path, "rb") as handle:
+            with gzip.open(path, "rb") if compressed else open(path, "rb") as handle:
                 sample = handle.read(SAMPLE_BYTES)
         except (OSError, EOFError, zlib.error):
             return None  # the run itself reports what is wrong with the file
