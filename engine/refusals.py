@@ -1,7 +1,7 @@
 """The API's refusals in its own words: the one table of the messages ozbulk recognises.
 
-Ozonetel answers most refusals with HTTP 200 and a ``message`` (see ozonetel-api.md); Delete
-(:func:`engine.client.classify`) and Generate Token (:func:`engine.auth.TokenAuth`) both read
+Ozonetel answers most refusals with HTTP 200 and a ``message`` that names them; Delete
+(:func:`engine.client.classify`) and Generate Token (:class:`engine.auth.TokenAuth`) both read
 the kind of refusal from it here, so a new wording is added in one place for both.
 """
 
