@@ -33,6 +33,7 @@ from engine.errors import (
     TransportError,
 )
 from engine.redact import REDACTOR, snippet
+from engine.refusals import Refusal, refusal_in
 from engine.settings import Secret
 
 # Refresh this long before expiry (at most; a tenth of a short lifetime), so no request carries
@@ -47,13 +48,14 @@ RETRY_CAP = 30.0
 # Generate Token failing this many times in a row (HTML, broken JSON, 5xx, no answer; about 30 s
 # of backoff) stops the run: every chunk would otherwise fail for want of a token.
 TOKEN_FAILURES_MAX = 6
-RATE_MESSAGES = ("max limit exceeded", "rate limit", "too many requests")
 
 # What a server's message may show of itself in an error, masked and cut (see engine.redact).
 MESSAGE_CHARS = 200
 # A bearer token is printable ASCII without spaces (RFC 6750's b64token, and then some).
 _SENDABLE_TOKEN = re.compile(r"[!-~]+")
 
+# POSTs for Generate Token: its status and body. HTTP 429 never comes back: the poster raises
+# RateLimited for it, with its Retry-After (see OzonetelClient._post, which paces it too).
 PostJson = Callable[[str, dict[str, str], bytes], Awaitable[tuple[int, bytes]]]
 
 
@@ -298,7 +300,8 @@ def _token_from(status: int, body: bytes) -> str:
     else:
         message = f"HTTP {status} with a body that is not JSON: {snippet(body, MESSAGE_CHARS)}"
     lowered = message.lower()
-    if status == 429 or any(text in lowered for text in RATE_MESSAGES):
+    # No status 429 here: the poster raises RateLimited for it with its Retry-After (PostJson).
+    if refusal_in(message) is Refusal.RATE_LIMITED:
         raise RateLimited(f"Generate Token rate limited: {message}", http_status=status)
     if "limit" in lowered:
         raise AuthError(

@@ -22,6 +22,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from operator import length_hint
+from typing import NamedTuple
 
 from pyroaring import BitMap64
 
@@ -112,6 +113,16 @@ class ProducerState:
 StateSink = Callable[[ProducerState], None]
 
 
+class _Resumed(NamedTuple):
+    """Where a producer starts reading, and the next chunk's beginning read before it."""
+
+    file_index: int
+    position: ReadPosition | None
+    numbers: list[int]
+    files: list[int]
+    lines: list[int]
+
+
 @dataclass
 class Producer:
     """Iterates the chunks of a whole input; counts and reports every row on the way.
@@ -133,28 +144,10 @@ class Producer:
     bytes_read: int = 0
 
     def chunks(self) -> Iterator[Chunk]:
+        """The chunks of every input in order; the rows are counted and reported on the way."""
         size = self.settings.batch_size
         counts = self.counts
-        normalize_batch = self.normalizer.normalize_batch
-        numbers: list[int] = []
-        files: list[int] = []
-        lines: list[int] = []
-        first_file, position = 0, None
-        if (start := self.start) is not None:
-            first_file, position = start.file_index, start.position
-            log.info(
-                "%s: resuming after line %d, at chunk %d (the rows before were read by an "
-                "earlier pass)",
-                self.settings.paths[first_file],
-                position.line,
-                start.counts.chunks,
-            )
-            for name in counts.__slots__:  # the same object: others may hold it
-                setattr(counts, name, getattr(start.counts, name))
-            numbers, files, lines = list(start.numbers), list(start.files), list(start.lines)
-            self.seen = SeenNumbers.deserialize(start.seen)
-            self.layouts = list(start.layouts)
-        mark = self.seen.mark
+        first_file, position, numbers, files, lines = self._resume()
         next_state = counts.rows + self._state_gap(counts.rows)
         files_before = 0  # bytes in the files before the one being read
         for file_index, name in enumerate(self.settings.paths):
@@ -165,31 +158,13 @@ class Producer:
             before = replace(counts)
             start_at = position if file_index == first_file else None
             for batch_lines, cells in source.batches(start_at):
-                accepted, rejects = normalize_batch(cells)
-                if rejects:
-                    self._report(file_index, batch_lines, cells, rejects)
-                    batch_lines = drop(batch_lines, [position for position, _ in rejects])
-                duplicates = mark(accepted)
-                if duplicates:
-                    accepted = drop(accepted, duplicates)
-                    batch_lines = drop(batch_lines, duplicates)
-                # All four counts move together, so the buckets add up between any two chunks.
-                counts.rows += len(cells)
-                counts.rejected += len(rejects)
-                counts.duplicates += len(duplicates)
-                counts.accepted += len(accepted)
+                accepted, batch_lines = self._take(file_index, batch_lines, cells)
                 self.bytes_read = files_before + source.consumed_bytes()
                 numbers += accepted
                 lines += batch_lines
                 files += [file_index] * len(accepted)
                 if len(numbers) >= size:
-                    full = len(numbers) - len(numbers) % size
-                    for begin in range(0, full, size):
-                        end = begin + size
-                        yield Chunk(counts.chunks, numbers[begin:end], files[begin:end],
-                                    lines[begin:end])  # fmt: skip
-                        counts.chunks += 1
-                    del numbers[:full], files[:full], lines[:full]
+                    yield from self._cut_full(numbers, files, lines)
                 if self.on_state is not None and counts.rows >= next_state:
                     self.on_state(ProducerState(
                         file_index, source.position, replace(counts), list(numbers), list(files),
@@ -200,19 +175,81 @@ class Producer:
             self.bytes_read = files_before
             if source.layout is not None:
                 self.layouts.append(source.layout)
-            log.info(
-                "%s: %d rows%s: %d accepted, %d rejected, %d duplicates",
-                name,
-                counts.rows - before.rows,
-                f" after line {start_at.line}" if start_at is not None else "",
-                counts.accepted - before.accepted,
-                counts.rejected - before.rejected,
-                counts.duplicates - before.duplicates,
-            )
+            self._log_file(name, before, start_at)
         if numbers:
             yield Chunk(counts.chunks, numbers, files, lines)
             counts.chunks += 1
         counts.finished = True
+
+    def _resume(self) -> _Resumed:
+        """Take over ``start``'s counts, bitmap and layouts; where to read on, and what of the
+        next chunk was read already (file 0 from its beginning and nothing, without a start)."""
+        start = self.start
+        if start is None:
+            return _Resumed(0, None, [], [], [])
+        log.info(
+            "%s: resuming after line %d, at chunk %d (the rows before were read by an "
+            "earlier pass)",
+            self.settings.paths[start.file_index],
+            start.position.line,
+            start.counts.chunks,
+        )
+        for name in self.counts.__slots__:  # the same object: others may hold it
+            setattr(self.counts, name, getattr(start.counts, name))
+        self.seen = SeenNumbers.deserialize(start.seen)
+        self.layouts = list(start.layouts)
+        return _Resumed(
+            start.file_index,
+            start.position,
+            list(start.numbers),
+            list(start.files),
+            list(start.lines),
+        )
+
+    def _take(
+        self, file_index: int, lines: list[int], cells: list[str | None]
+    ) -> tuple[list[int], list[int]]:
+        """One batch normalized, its rejects reported, deduplicated and counted: the numbers
+        it adds and their lines."""
+        accepted, rejects = self.normalizer.normalize_batch(cells)
+        if rejects:
+            self._report(file_index, lines, cells, rejects)
+            lines = drop(lines, [position for position, _ in rejects])
+        duplicates = self.seen.mark(accepted)
+        if duplicates:
+            accepted = drop(accepted, duplicates)
+            lines = drop(lines, duplicates)
+        # All four counts move together, so the buckets add up between any two chunks.
+        counts = self.counts
+        counts.rows += len(cells)
+        counts.rejected += len(rejects)
+        counts.duplicates += len(duplicates)
+        counts.accepted += len(accepted)
+        return accepted, lines
+
+    def _cut_full(self, numbers: list[int], files: list[int], lines: list[int]) -> Iterator[Chunk]:
+        """Every full chunk at the front of the lists, in order; the rest stays in them."""
+        size = self.settings.batch_size
+        counts = self.counts
+        full = len(numbers) - len(numbers) % size
+        for begin in range(0, full, size):
+            end = begin + size
+            yield Chunk(counts.chunks, numbers[begin:end], files[begin:end], lines[begin:end])
+            counts.chunks += 1
+        del numbers[:full], files[:full], lines[:full]
+
+    def _log_file(self, name: str, before: InputCounts, after_line: ReadPosition | None) -> None:
+        """The file's line of the log: its rows (from where this pass began) and their fate."""
+        counts = self.counts
+        log.info(
+            "%s: %d rows%s: %d accepted, %d rejected, %d duplicates",
+            name,
+            counts.rows - before.rows,
+            f" after line {after_line.line}" if after_line is not None else "",
+            counts.accepted - before.accepted,
+            counts.rejected - before.rejected,
+            counts.duplicates - before.duplicates,
+        )
 
     def _state_gap(self, rows: int) -> int:
         # The gap doubles with the rows read, up to 4 times state_every: a long input makes a

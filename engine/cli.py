@@ -17,9 +17,10 @@ import re
 import shlex
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, NamedTuple, NoReturn
 
 from engine import exporters, interruption
 from engine import settings as defaults
@@ -92,8 +93,12 @@ def _rate(text: str) -> str:
         raise argparse.ArgumentTypeError(f"--rate {error}; or 0 for no ceiling, or auto") from None
 
 
-# The subparsers whose options may also come from the environment and a --config file.
-LAYERED: list[argparse.ArgumentParser] = []
+class Parsers(NamedTuple):
+    """The command line, and the subparsers whose options may also come from the environment
+    and a --config file, by the command they parse (``config`` being ``config show``)."""
+
+    root: argparse.ArgumentParser
+    layered: Mapping[str, argparse.ArgumentParser]
 
 
 class Parser(argparse.ArgumentParser):
@@ -330,6 +335,11 @@ def _add_delete_options(run: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The command line alone (shell completion reads it)."""
+    return build_parsers().root
+
+
+def build_parsers() -> Parsers:
     parser = Parser(
         prog="ozbulk",
         description="Delete phone numbers in bulk from an Ozonetel CloudAgent block-number group.",
@@ -339,7 +349,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"ozbulk {package_version()}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     common = _common_options()
-    LAYERED.clear()
     run = commands.add_parser(
         "delete",
         parents=[common],
@@ -358,7 +367,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="print the settings `delete` would use with these options, and where each came from",
     )
     _add_delete_options(show)
-    LAYERED.extend((run, show))
 
     status = commands.add_parser(
         "status", parents=[common], help="show where a checkpointed run stands"
@@ -403,7 +411,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     completion.add_argument("shell", choices=SHELLS)
     ALL_PARSERS[:] = [parser, run, config, show, status, report, sample, mock, demo, completion]
-    return parser
+    return Parsers(parser, {"delete": run, "config": show})
 
 
 def package_version() -> str:
@@ -911,13 +919,12 @@ def main(argv: list[str] | None = None) -> int:
 def _main(argv: list[str] | None = None) -> int:
     argv = hoist_global_options(list(sys.argv[1:] if argv is None else argv))
     Parser.command = argv[0] if argv and argv[0] in COMMANDS else None
-    parser = build_parser()
+    parser, layered = build_parsers()
     verbose = "-v" in argv or "--verbose" in argv or "-vv" in argv
     try:
         sources: dict[str, str] = {}
-        if argv and argv[0] in ("delete", "config"):
-            layered = LAYERED[0] if argv[0] == "delete" else LAYERED[1]
-            sources = layer_defaults(layered, argv, file=config_path(argv))
+        if argv and argv[0] in layered:
+            sources = layer_defaults(layered[argv[0]], argv, file=config_path(argv))
         args = parser.parse_args(argv)
         if args.log_file is not None:
             prepare_log_file(args.log_file)  # owner-only, and refused now if unwritable

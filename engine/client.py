@@ -33,7 +33,7 @@ import aiohttp
 import anyio
 import orjson
 
-from engine.auth import RATE_MESSAGES, ApiKeyAuth, Auth, TokenAuth
+from engine.auth import ApiKeyAuth, Auth, TokenAuth
 from engine.errors import (
     ApiError,
     AuthError,
@@ -50,6 +50,7 @@ from engine.errors import (
 from engine.pacing import Pacer
 from engine.records import Verdict
 from engine.redact import REDACTOR, snippet
+from engine.refusals import Refusal, refusal_in
 from engine.settings import RunSettings
 
 # HTML pages and stack traces can be long; an error message keeps only their start.
@@ -58,8 +59,6 @@ SNIPPET = 120
 KEEPALIVE_S = 4.0
 # The server's own ``message`` is quoted in errors; a long one is cut like a snippet.
 MESSAGE_CHARS = 200
-TOKEN_MESSAGES = ("token expired", "invalid token", "token should not be null")
-AUTH_MESSAGES = ("invalid username or apikey", "username is null", "unauthori")
 
 
 @dataclass(slots=True)
@@ -188,13 +187,25 @@ def classify(
     generation: int = 0,
     expected: Expected | None = None,
 ) -> Verdict:
-    """Read one answer of deleteBlockNumberGroup: return its verdict or raise what it means."""
+    """Read one answer of deleteBlockNumberGroup: return its verdict or raise what it means.
+
+    In layers, as httpx's ``_send_handling_*``: what the status says before any body is read,
+    then the body's shape, then a success's output, then the refusal its message states.
+    """
+    _raise_for_status(status, headers, raw)
+    answer = _json_object(raw)
+    if answer is None:
+        raise _not_a_verdict(status, raw)
+    # A success is believed only with a 2xx: "401 Unauthorized" with a success body is not one.
+    if str(answer.get("status", "")).lower() == "success" and 200 <= status < 300:
+        return _success(answer, status, raw, expected)
+    raise _refusal(status, headers, raw, _message(answer), generation)
+
+
+def _raise_for_status(status: int, headers: Mapping[str, str], raw: bytes) -> None:
+    """Raise what the status alone means, whatever the body says: 429, 5xx, a redirect."""
     if status == 429:
-        raise RateLimited(
-            "HTTP 429 Too Many Requests",
-            retry_after=parse_retry_after(headers.get("Retry-After")),
-            http_status=status,
-        )
+        raise _rate_limited("HTTP 429 Too Many Requests", status, headers)
     if status >= 500:
         raise ServerError(f"HTTP {status}: {_snippet(raw)}", http_status=status)
     if 300 <= status < 400:
@@ -205,61 +216,81 @@ def classify(
             "--path (ozbulk does not follow redirects: credentials never leave for another host)",
             http_status=status,
         )
+
+
+def _json_object(raw: bytes) -> dict[str, object] | None:
+    """The body as a JSON object, or None if it is not one (HTML, garbled, a bare list)."""
     try:
         answer = orjson.loads(raw)
     except orjson.JSONDecodeError:
-        answer = None
-    if not isinstance(answer, dict):
-        if status in (401, 403):
-            raise AuthError(f"HTTP {status}: the API refused the credentials", http_status=status)
-        if status == 404:
-            raise FatalApiError(
-                "HTTP 404: no such endpoint; check --base-url and --path", http_status=status
-            )
-        raise NotAVerdict(
-            f"HTTP {status}, body is not a JSON verdict: {_snippet(raw)}", http_status=status
-        )
-    verdict = str(answer.get("status", "")).lower()
-    message = _message(answer)
-    lowered = message.lower()
-    # A success is believed only with a 2xx: "401 Unauthorized" with a success body is not one.
-    if verdict == "success" and 200 <= status < 300:
-        output = answer.get("output")
-        if not isinstance(output, dict):
-            raise ServerError(f"success without an output: {_snippet(raw)}", http_status=status)
-        return check_verdict(output, expected, status, raw)
-    if any(text in lowered for text in RATE_MESSAGES):
-        raise RateLimited(
-            f"rate limited: {message}",
-            retry_after=parse_retry_after(headers.get("Retry-After")),
-            http_status=status,
-        )
-    if any(text in lowered for text in TOKEN_MESSAGES):
-        raise TokenRejected(f"token refused: {message}", generation=generation, http_status=status)
-    if any(text in lowered for text in AUTH_MESSAGES):
-        raise AuthError(
-            f"the API refused the credentials ({message}); check --user, the API key and --auth",
-            http_status=status,
-        )
-    if "invalid group id" in lowered:
-        raise InvalidGroupError(
-            "Invalid group id: the group does not exist for this account; check --group-id",
-            http_status=status,
-        )
-    if "parameters are mandatory" in lowered or "maximum" in lowered:
-        raise RequestRejected(
-            f"the API refused the request's shape ({message}); this is a bug in ozbulk, "
-            "please report it with the output of -v",
-            http_status=status,
-        )
+        return None
+    return answer if isinstance(answer, dict) else None
+
+
+def _not_a_verdict(status: int, raw: bytes) -> ApiError:
+    """The error a body that is no JSON verdict means, by the status it came with."""
     if status in (401, 403):
-        raise AuthError(f"HTTP {status}: {message or 'credentials refused'}", http_status=status)
+        return AuthError(f"HTTP {status}: the API refused the credentials", http_status=status)
     if status == 404:
-        raise FatalApiError(
+        return FatalApiError(
+            "HTTP 404: no such endpoint; check --base-url and --path", http_status=status
+        )
+    return NotAVerdict(
+        f"HTTP {status}, body is not a JSON verdict: {_snippet(raw)}", http_status=status
+    )
+
+
+def _success(
+    answer: dict[str, object], status: int, raw: bytes, expected: Expected | None
+) -> Verdict:
+    output = answer.get("output")
+    if not isinstance(output, dict):
+        raise ServerError(f"success without an output: {_snippet(raw)}", http_status=status)
+    return check_verdict(output, expected, status, raw)
+
+
+def _refusal(
+    status: int, headers: Mapping[str, str], raw: bytes, message: str, generation: int
+) -> ApiError:
+    """The error a JSON answer that is no success means: its message first, then its status."""
+    match refusal_in(message):
+        case Refusal.RATE_LIMITED:
+            return _rate_limited(f"rate limited: {message}", status, headers)
+        case Refusal.TOKEN:
+            return TokenRejected(
+                f"token refused: {message}", generation=generation, http_status=status
+            )
+        case Refusal.CREDENTIALS:
+            return AuthError(
+                f"the API refused the credentials ({message}); check --user, the API key and "
+                "--auth",
+                http_status=status,
+            )
+        case Refusal.GROUP:
+            return InvalidGroupError(
+                "Invalid group id: the group does not exist for this account; check --group-id",
+                http_status=status,
+            )
+        case Refusal.REQUEST_SHAPE:
+            return RequestRejected(
+                f"the API refused the request's shape ({message}); this is a bug in ozbulk, "
+                "please report it with the output of -v",
+                http_status=status,
+            )
+    if status in (401, 403):
+        return AuthError(f"HTTP {status}: {message or 'credentials refused'}", http_status=status)
+    if status == 404:
+        return FatalApiError(
             f"HTTP 404 ({message or 'not found'}): no such endpoint; check --base-url and --path",
             http_status=status,
         )
-    raise ServerError(f"unexpected answer (HTTP {status}): {_snippet(raw)}", http_status=status)
+    return ServerError(f"unexpected answer (HTTP {status}): {_snippet(raw)}", http_status=status)
+
+
+def _rate_limited(text: str, status: int, headers: Mapping[str, str]) -> RateLimited:
+    return RateLimited(
+        text, retry_after=parse_retry_after(headers.get("Retry-After")), http_status=status
+    )
 
 
 def translate_transport_error(error: BaseException, url: str) -> ApiError:

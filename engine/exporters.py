@@ -18,8 +18,8 @@ from engine.errors import UsageError
 
 if TYPE_CHECKING:
     from engine.metrics import MetricsServer
-    from engine.pipeline import Run
     from engine.request_log import RequestLog
+    from engine.run_view import RunView
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +83,7 @@ def _require_prometheus_client() -> None:
 class Exporters:
     """Starts what the options ask for (a bad port is a UsageError here, before any request)."""
 
-    def __init__(self, options: TelemetryOptions, run: Run) -> None:
+    def __init__(self, options: TelemetryOptions, run: RunView) -> None:
         self.options = options
         self._run = run
         self.metrics: MetricsServer | None = None

@@ -29,7 +29,7 @@ from engine.progress import Expected, Meter
 from engine.telemetry import OUTCOMES, LogHistogram, bucket_bound
 
 if TYPE_CHECKING:
-    from engine.pipeline import Run
+    from engine.run_view import RunView
 
 # Prometheus ``le`` bounds: every fourth bound of the telemetry's buckets (a factor of √2, from
 # 0.8 ms to 3 min), so that each cumulative count is exact.
@@ -48,7 +48,7 @@ def _histogram(
     return family
 
 
-def families(run: Run, meter: Meter) -> list[Metric]:
+def families(run: RunView, meter: Meter) -> list[Metric]:
     """Every metric of the run, as of now; progress and ETA as the display reckons them."""
     telemetry, pacer = run.telemetry, run.pacer
     result: list[Metric] = []
@@ -117,7 +117,7 @@ class RunCollector(Collector):
 class MetricsServer:
     """The registry, its HTTP server (if asked for) and the textfile writer."""
 
-    def __init__(self, run: Run, expected: int | None = None) -> None:
+    def __init__(self, run: RunView, expected: int | None = None) -> None:
         self.run = run
         # The display's own reckoning of progress and ETA, so both always agree.
         self.meter = Meter(Expected(total=expected))

@@ -24,6 +24,7 @@ from engine.numbers import Normalizer
 from engine.progress import Expected
 from engine.records import InputCounts, Reject
 from engine.settings import RunSettings
+from engine.source import GZIP_MAGIC, is_gzip
 
 # Reading this much twice costs a few seconds at most; bigger inputs get an estimate.
 PRESCAN_LIMIT_BYTES = 64 * 1024 * 1024
@@ -174,9 +175,8 @@ def _estimate_rows(paths: tuple[str, ...]) -> int | None:
     for path in paths:
         try:
             with open(path, "rb") as raw:
-                compressed = raw.read(2) == b"\x1f\x8b"
-            opener: Any = gzip.open if compressed else open
-            with opener(path, "rb") as handle:
+                compressed = is_gzip(raw.read(len(GZIP_MAGIC)))
+            with gzip.open(path, "rb") if compressed else open(path, "rb") as handle:
                 sample = handle.read(SAMPLE_BYTES)
         except (OSError, EOFError, zlib.error):
             return None  # the run itself reports what is wrong with the file

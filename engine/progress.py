@@ -24,12 +24,12 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from engine.pacing import SAFETY, Pacer, duration_words
+from engine.pacing import SAFETY, duration_words
 
 if TYPE_CHECKING:
     from rich.console import Console, ConsoleOptions, RenderResult
 
-    from engine.pipeline import Run
+    from engine.run_view import PacerView, RunView
 
 log = logging.getLogger("engine.progress")
 
@@ -74,7 +74,7 @@ class Figures:
     in_flight: int
 
 
-def _learned_pace(pacer: Pacer) -> float:
+def _learned_pace(pacer: PacerView) -> float:
     """Requests a second the learned limit allows and the pacer keeps to; 0 before it is known."""
     limit = pacer.limit
     if limit is None or limit.learned_at is None:
@@ -83,7 +83,7 @@ def _learned_pace(pacer: Pacer) -> float:
     return min(limit.per_second, ceiling) * SAFETY
 
 
-def pacer_view(pacer: Pacer) -> tuple[str, bool]:
+def pacer_view(pacer: PacerView) -> tuple[str, bool]:
     """The pace the pacer holds, in words, and whether the server's limit sets it."""
     text = pacer.pace
     slowed = pacer.forced_down
@@ -125,17 +125,16 @@ class Meter:
         self._samples: deque[tuple[float, int, int]] = deque()
         self._started: float | None = None
 
-    def read(self, run: Run) -> Figures:
+    def read(self, run: RunView) -> Figures:
         totals, stats, source = run.collector.totals, run.stats, run.source
         counts = source.counts
-        bytes_read = getattr(source, "bytes_read", 0)
         return self.figures(
             finished_this_pass=totals.numbers_finished_this_pass,
             requests=stats.requests,
             done=totals.sent + totals.failed_numbers,
             accepted=counts.accepted,
             finished=counts.finished,
-            bytes_read=bytes_read if isinstance(bytes_read, int) else 0,
+            bytes_read=source.bytes_read,
             pacer=run.pacer,
             deleted=totals.deleted,
             not_found=totals.sent - totals.deleted - totals.error,
@@ -155,7 +154,7 @@ class Meter:
         accepted: int,
         finished: bool,
         bytes_read: int,
-        pacer: Any,
+        pacer: PacerView,
         deleted: int = 0,
         not_found: int = 0,
         error: int = 0,
@@ -349,7 +348,7 @@ class BarDisplay:
         self.meter = Meter(expected or Expected())
         self.story = Story()
 
-    async def run(self, run: Run) -> None:
+    async def run(self, run: RunView) -> None:
         from rich.live import Live
 
         screen = _Screen()
@@ -397,7 +396,7 @@ class _logs_through:
         self._swapped.clear()
 
 
-def _terminal_handlers(terminal: Any) -> Iterator[logging.StreamHandler[Any]]:
+def _terminal_handlers(terminal: object) -> Iterator[logging.StreamHandler[Any]]:
     for handler in logging.getLogger().handlers:
         if type(handler) is logging.StreamHandler and handler.stream is terminal:
             yield handler
@@ -419,7 +418,7 @@ class Story:
         self._slowed = False
         self._refreshes = 0
 
-    def observe(self, run: Run) -> None:
+    def observe(self, run: RunView) -> None:
         pace, slowed = pacer_view(run.pacer)
         rate = run.pacer.rate
         moved = (rate is None) != (self._rate is None) or (
@@ -442,7 +441,7 @@ class StoryOnly:
     def __init__(self) -> None:
         self.story = Story()
 
-    async def run(self, run: Run) -> None:
+    async def run(self, run: RunView) -> None:
         while True:
             self.story.observe(run)
             await anyio.sleep(STORY_TICK_S)
@@ -456,7 +455,7 @@ class LogDisplay:
         self.meter = Meter(expected or Expected())
         self.story = Story()
 
-    async def run(self, run: Run) -> None:
+    async def run(self, run: RunView) -> None:
         self.meter.read(run)  # the first sample of the rates
         next_line = time.monotonic() + self.interval
         while True:

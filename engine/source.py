@@ -49,10 +49,15 @@ from dataclasses import dataclass
 from functools import partial
 from itertools import islice
 from operator import itemgetter
-from typing import IO, Any, TypeVar
+from typing import IO, TYPE_CHECKING, TypeVar
 
 from engine.errors import InputError
 from engine.numbers import NULL_MARKERS
+
+if TYPE_CHECKING:
+    from _csv import Reader as CsvReader
+
+    from _typeshed import WriteableBuffer
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +90,14 @@ csv.field_size_limit(FIELD_LIMIT)
 
 Batch = tuple[list[int], list[str | None]]
 _T = TypeVar("_T")
+
+# Every gzip stream starts with these two bytes (RFC 1952), whatever its file is named.
+GZIP_MAGIC = b"\x1f\x8b"
+
+
+def is_gzip(head: bytes) -> bool:
+    """True if ``head``, the first bytes of a file, begins a gzip stream."""
+    return head.startswith(GZIP_MAGIC)
 
 
 class _FallbackCounter:
@@ -141,7 +154,7 @@ class _Replay(io.RawIOBase):
     def tell(self) -> int:
         return self.delivered
 
-    def readinto(self, buffer: Any) -> int:
+    def readinto(self, buffer: WriteableBuffer) -> int:
         target = memoryview(buffer).cast("B")
         if self._prefix:
             size = min(len(target), len(self._prefix))
@@ -585,7 +598,7 @@ class CsvSource:
             except OSError as error:
                 raise InputError(f"cannot open: {error.strerror}", file=name) from None
         sample = _read_sample(raw)
-        compressed = sample.startswith(b"\x1f\x8b")
+        compressed = is_gzip(sample)
         if compressed:
             # The compressed bytes read from the file, for the progress: outer; the unzipped
             # ones the reader takes: replay.
@@ -629,7 +642,7 @@ class CsvSource:
         return text, layout
 
     def _batches(
-        self, reader: Any, layout: FileLayout, start: ReadPosition | None
+        self, reader: CsvReader, layout: FileLayout, start: ReadPosition | None
     ) -> Iterator[Batch]:
         index = layout.column_index
         skip = int(layout.has_header) + int(layout.sep_line)
@@ -689,7 +702,7 @@ def _consumed(outer: _Replay, inner: _Replay, buffered: io.BufferedIOBase) -> in
 
 
 def _read_batch(
-    reader: Any, index: int, last_line: int, skip: int
+    reader: CsvReader, index: int, last_line: int, skip: int
 ) -> tuple[list[int], list[str | None], int, int, int] | None:
     """Parse up to BATCH_ROWS records: (start lines, phone cells, records still to skip, last
     line read, records parsed).

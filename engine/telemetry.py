@@ -37,6 +37,7 @@ from engine.errors import (
 
 if TYPE_CHECKING:
     from engine.pacing import Pacer
+    from engine.records import Verdict
 
 T = TypeVar("T")
 
@@ -137,9 +138,9 @@ class LogHistogram:
             result.append(seen)
         return result
 
-    def figures(self) -> dict[str, Any]:
+    def figures(self) -> dict[str, float | None]:
         """count, mean, p50/p90/p95/p99 and max, in milliseconds."""
-        figures: dict[str, Any] = {"count": self.total}
+        figures: dict[str, float | None] = {"count": self.total}
         if self.total:
             figures["mean_ms"] = _ms(self.sum / self.total)
             for percent in PERCENTILES:
@@ -228,7 +229,7 @@ class TimelineBucket:
     samples: int = 0
     paused_samples: int = 0
 
-    def row(self) -> dict[str, Any]:
+    def row(self) -> dict[str, float | None]:
         return {
             "requests": self.requests,
             "admitted": self.admitted,
@@ -387,7 +388,7 @@ class Telemetry:
             self.backing_off -= 1
             self.backoff_s += time.perf_counter() - start
 
-    def chunk_finished(self, numbers: int, verdict: Any | None) -> None:
+    def chunk_finished(self, numbers: int, verdict: Verdict | None) -> None:
         """A chunk's result: ``verdict`` (deleted, error) or None when it failed."""
         if verdict is None:
             self.chunks["failed"] += 1
@@ -461,7 +462,7 @@ class Telemetry:
         self._sampled_until = now
 
     # -- what is stored, shown and exported ---------------------------------------------------
-    def timeline_updates(self) -> list[tuple[float, int, dict[str, Any]]]:
+    def timeline_updates(self) -> list[tuple[float, int, dict[str, float | None]]]:
         """The buckets changed since the last call, as (start, pass, row) for the checkpoint."""
         dirty, self._dirty = self._dirty, {}
         if self._bucket is not None:

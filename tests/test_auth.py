@@ -12,12 +12,14 @@ import pytest
 
 from engine import auth as auth_module
 from engine.auth import ApiKeyAuth, TokenAuth
-from engine.client import OzonetelClient
+from engine.client import OzonetelClient, classify
 from engine.errors import AuthError, RateLimited, ServerError, TokenRejected, TransportError
 from engine.mock import MockConfig, MockServer, MockState
+from engine.refusals import MESSAGES, Refusal
 from engine.settings import DEFAULT_TOKEN_BUDGET, InputSettings, RunSettings, Secret
 
 KEY = "auth-test-key-91c2"
+REFUSAL_TEXTS = dict(MESSAGES)
 
 
 @dataclass
@@ -323,6 +325,16 @@ async def test_a_rate_limited_token_request_is_retried_not_fatal() -> None:
     with pytest.raises(RateLimited):
         await auth.headers()
     assert auth.tokens_this_hour == 0
+
+
+@pytest.mark.parametrize("message", REFUSAL_TEXTS[Refusal.RATE_LIMITED])
+async def test_delete_and_generate_token_read_a_rate_limit_alike(message: str) -> None:
+    """Each rate-limit wording is RateLimited from Delete and from Generate Token alike."""
+    body = {"status": "error", "message": message.upper()}
+    with pytest.raises(RateLimited):
+        classify(200, {}, orjson.dumps(body))
+    with pytest.raises(RateLimited):
+        await make_auth(FakeTokenEndpoint(script=[(200, body)]), FakeClock()).headers()
 
 
 async def test_a_garbled_token_answer_is_a_server_error() -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from engine.batcher import accepted_numbers
-from engine.cli import resume_command
+from engine.cli import build_parsers, resume_command
 from tests._helpers import API_KEY, GROUP, USER, cli_env, delete_args, ozbulk_command
 
 
@@ -46,6 +46,15 @@ def test_config_precedence_flag_over_env_over_file_over_default(run_cli, sample_
     assert table["inputs"][1] == "argument"
     assert table["api-key"][0] == "***"
     assert API_KEY not in result.output
+
+
+def test_the_layered_parsers_are_named_by_the_command_they_parse():
+    """`delete` and `config show` take settings from the environment and a file; no other does."""
+    parsers = build_parsers()
+    assert {name: parser.prog for name, parser in parsers.layered.items()} == {
+        "delete": "ozbulk delete",
+        "config": "ozbulk config show",
+    }
 
 
 def test_unknown_config_key_is_refused_with_the_known_ones(run_cli, sample_csv, tmp_path):

@@ -153,6 +153,14 @@ async def test_http_429_with_retry_after_http_date(client: OzonetelClient) -> No
     assert caught.value.retry_after == pytest.approx(30, abs=2)
 
 
+def test_http_429_is_rate_limited_whatever_its_body_says() -> None:
+    """A 429 is RateLimited with its Retry-After even when its body names another refusal."""
+    body = orjson.dumps({"status": "false", "message": "Invalid username or apikey"})
+    with pytest.raises(RateLimited) as caught:
+        classify(429, {"Retry-After": "4"}, body)
+    assert (caught.value.retry_after, caught.value.http_status) == (4.0, 429)
+
+
 def test_parse_retry_after_edge_cases() -> None:
     """A date in the past waits 0 s; garbage, or no header, waits nothing in particular."""
     assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0
@@ -491,6 +499,18 @@ async def test_token_request_429_is_rate_limited_with_retry_after(
         with pytest.raises(RateLimited) as caught:
             await token_client.auth.headers()  # delete() would wait and ask again
     assert caught.value.retry_after == 3.0
+
+
+async def test_token_request_429_is_rate_limited_whatever_its_body_says(
+    token_client: OzonetelClient,
+) -> None:
+    """Generate Token's 429 stays RateLimited with its Retry-After, even with a refusal body."""
+    refusal = {"status": "false", "message": "Invalid username or apikey"}
+    with mocked_api() as mocked:
+        mocked.post(URL_TOKEN, status=429, payload=refusal, headers={"Retry-After": "3"})
+        with pytest.raises(RateLimited) as caught:
+            await token_client.auth.headers()
+    assert (caught.value.retry_after, caught.value.http_status) == (3.0, 429)
 
 
 async def test_token_request_failure_is_translated(token_client: OzonetelClient) -> None:

@@ -3,6 +3,7 @@ person sees on a real pseudo-terminal at 80, 120 and 200 columns."""
 
 from __future__ import annotations
 
+import ast
 import fcntl
 import logging
 import os
@@ -21,6 +22,7 @@ from typing import Any
 import pyte
 import pytest
 
+import engine
 from engine.batcher import accepted_numbers
 from engine.limits import Limit
 from engine.pacing import SAFETY, Pacer
@@ -63,6 +65,25 @@ class _Pacer:
     waiting_until = None
     limit = None  # nothing learned: the ETA follows the recent rate
     ceiling = None
+
+
+def _imported_modules(path: Path) -> set[str]:
+    """Every module a source file imports, at run time or for types only."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module is not None:
+            names.add(node.module)
+            names.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return names
+
+
+@pytest.mark.parametrize("module", ["progress", "metrics", "exporters", "run_view"])
+def test_the_readers_of_a_run_do_not_import_the_pipeline(module: str) -> None:
+    """The display and the exporters read a RunView: the pipeline imports them, never back."""
+    source = Path(engine.__file__).parent / f"{module}.py"
+    assert "engine.pipeline" not in _imported_modules(source)
 
 
 # -- layout --------------------------------------------------------------------------------
