@@ -9,7 +9,9 @@ try:
     interruption.install()
     from engine.cli import run
 except KeyboardInterrupt as interrupt:
+    from engine.errors import ExitCode
+
     sys.stderr.write(f"ozbulk: {interruption.describe(interrupt)}\n")
-    sys.exit(130)
+    sys.exit(ExitCode.INTERRUPTED)
 
 run()

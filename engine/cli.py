@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 from engine import exporters, interruption
 from engine import settings as defaults
 from engine.config import config_path, layer_defaults
-from engine.errors import InputFailedMidRun, OzbulkError, UsageError
+from engine.errors import ExitCode, InputFailedMidRun, OzbulkError, UsageError, exit_codes_help
 from engine.files import check_output_paths, prepare_log_file, write_private_text
 from engine.logs import REDACTOR, setup_logging
 from engine.numbers import Normalizer
@@ -45,19 +45,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("engine")
 
-EXIT_CODES = """\
-exit codes:
-  0    complete: every number has a verdict
-  1    finished, but some chunks failed after all retries (re-run to retry them)
-  2    bad usage, settings, input or checkpoint (nothing was sent)
-  3    stopped part-way by an answer no retry can fix (bad credentials, invalid group id),
-       because none of the first 2,000 numbers sent was in the group (see --allow-not-found),
-       because no API answered at --base-url, or by input unreadable past some point; what was
-       sent is recorded; resumable
-  4    the checkpoint could not be written (disk full, read-only); resumable once fixed
-  70   internal error: a bug in ozbulk (run again with -v for the traceback, and report it)
-  130  interrupted (Ctrl-C or SIGTERM); re-run the same command to resume
-"""
+EXIT_CODES = exit_codes_help()  # the one table of codes: engine.errors.ExitCode
 
 DELETE_EXAMPLES = """\
 examples:
@@ -937,7 +925,7 @@ def _main(argv: list[str] | None = None) -> int:
         return error.exit_code
     except KeyboardInterrupt as interrupt:
         print(f"ozbulk: {interruption.describe(interrupt)}", file=sys.stderr)
-        return 130
+        return ExitCode.INTERRUPTED
     except Exception as error:  # an internal bug: say so plainly, trace it only on request
         if verbose:
             raise
@@ -946,7 +934,7 @@ def _main(argv: list[str] | None = None) -> int:
             "(run again with -v for the traceback, and please report it)",
             file=sys.stderr,
         )
-        return 70
+        return ExitCode.INTERNAL
 
 
 def run() -> NoReturn:

@@ -38,7 +38,13 @@ from engine.checkpoint import (
 )
 from engine.client import OzonetelClient
 from engine.collector import CircuitBreaker, Collector
-from engine.errors import CheckpointWriteError, InputError, InputFailedMidRun, OzbulkError
+from engine.errors import (
+    CheckpointWriteError,
+    ExitCode,
+    InputError,
+    InputFailedMidRun,
+    OzbulkError,
+)
 from engine.exporters import Exporters, TelemetryOptions
 from engine.guard import COUNTER_KEY as GUARD_KEY
 from engine.guard import FirstContact, NotFoundGuard
@@ -418,8 +424,8 @@ def exit_code_for(
     if error is not None:
         return error.exit_code
     if stop is not None and stop.requests:
-        return 130
-    return 0 if summary["complete"] else 1
+        return ExitCode.INTERRUPTED
+    return ExitCode.OK if summary["complete"] else ExitCode.FAILED_CHUNKS
 
 
 async def watch_signals(stop: StopControl) -> None:

@@ -13,8 +13,10 @@ from pathlib import Path
 
 import pytest
 
+from engine import errors
 from engine.batcher import accepted_numbers
-from engine.cli import resume_command
+from engine.cli import EXIT_CODES, resume_command
+from engine.errors import ExitCode
 from tests.conftest import API_KEY, GROUP, USER, cli_env, delete_args, ozbulk_command
 
 
@@ -121,6 +123,20 @@ def test_help_teaches_the_common_runs(run_cli):
     assert result.returncode == 0
     for text in ("first run", "resume", "--auth token", "--dry-run", "exit codes", "130"):
         assert text in result.stdout
+
+
+def test_every_exit_code_is_in_the_one_table_that_help_explains():
+    """Each error's exit code is an ExitCode, and `delete --help` explains every ExitCode."""
+    assert [int(code) for code in ExitCode] == [0, 1, 2, 3, 4, 70, 130]
+    pending, seen = [errors.OzbulkError], []
+    while pending:
+        error = pending.pop()
+        seen.append(error)
+        pending += error.__subclasses__()
+        assert isinstance(error.exit_code, ExitCode), error
+    assert len(seen) > 20
+    for code in ExitCode:
+        assert f"\n  {code.value:<5}{code.meaning[:40]}" in EXIT_CODES, code
 
 
 def test_resume_command_drops_restart_and_a_literal_key():
