@@ -30,10 +30,11 @@ from engine.logs import REDACTOR, setup_logging
 from engine.numbers import Normalizer
 from engine.rates import parse_rate
 from engine.redact import RedactingStream
-from engine.report import default_report_dir, render_summary
+from engine.report import default_report_dir, summary_json_text
 from engine.settings import InputSettings, RunSettings, Secret
 from engine.source import CsvSource, check_input_path
 from engine.status import write_report_for
+from engine.summary import dry_run_json, print_summary, render_summary, result_line
 from engine.telemetry_report import PLOT_HELP, PLOT_NAME, plot_for
 
 # Each command imports what it runs when it runs: `--help`, `--version`, `status` and `config
@@ -569,27 +570,6 @@ def resume_command(argv: list[str]) -> str:
     return shlex.join(words)
 
 
-def result_line(outcome: RunOutcome) -> str:
-    """The one-line result: the exit code and what it means."""
-    stopped_by = _gist(str(outcome.summary.get("stopped_by", "")))
-    if outcome.exit_code == 0 and not outcome.summary.get("accepted"):
-        return "exit 0: complete, but the input held no phone number to send"
-    meaning = {
-        0: "complete: every number has a verdict",
-        1: "finished with failed chunks: re-run the same command to retry them",
-        130: "interrupted: re-run the same command to resume",
-    }.get(outcome.exit_code, f"stopped: {stopped_by}")
-    return f"exit {outcome.exit_code}: {meaning}"
-
-
-def _gist(reason: str) -> str:
-    """The first clause of a stop's reason, for the one-line result; the error itself is
-    logged in full (on stderr), so the long text is not said twice."""
-    reason = reason.removeprefix("stopped: ").removeprefix("stopped by ")
-    gist = re.split(r"(?<=[^.\d])[.;](?:\s|$)| \(", reason, maxsplit=1)[0]
-    return gist if len(gist) <= 100 else gist[:99] + "…"
-
-
 def resume_hint(outcome: RunOutcome, argv: list[str] | None) -> str | None:
     # A bad input fails the same way on every re-run: resuming is not the advice then.
     final = UsageError | InputFailedMidRun  # their message says what to do
@@ -598,24 +578,6 @@ def resume_hint(outcome: RunOutcome, argv: list[str] | None) -> str | None:
     if "-" in argv:
         return "standard input was read once and cannot be resumed: save it to a file first"
     return f"resume with: {resume_command(argv)}"
-
-
-def print_summary(
-    outcome: RunOutcome,
-    argv: list[str] | None = None,
-    *,
-    paths: bool = True,
-    quiet: bool = False,
-    out: Any = None,
-) -> None:
-    """The summary in words (unless quiet), then the one-line result and how to resume."""
-    out = out or sys.stdout
-    if not quiet:
-        print(render_summary(outcome.summary, paths=paths), file=out)
-    print(result_line(outcome), file=out)
-    hint = resume_hint(outcome, argv)
-    if hint:
-        print(hint, file=out)
 
 
 def json_event(event: str, **fields: Any) -> None:
@@ -688,19 +650,17 @@ def cmd_delete(args: argparse.Namespace, argv: list[str], sources: dict[str, str
             telemetry=replace(observe, numbers_expected=plan.numbers),
         )
     )
-    _write_summary_json(settings.summary_json, outcome.summary)
-    to_stdout = settings.summary_json is not None and str(settings.summary_json) == "-"
+    summary, result = outcome.summary, result_line(outcome.result)
+    to_stdout = _write_summary_json(settings.summary_json, summary)
     if as_json:
-        json_event(
-            "summary", summary=outcome.summary, result=result_line(outcome),
-            resume=resume_hint(outcome, argv),
-        )  # fmt: skip
+        json_event("summary", summary=summary, result=result, resume=resume_hint(outcome, argv))
     else:
-        print_summary(outcome, argv, quiet=args.quiet, out=sys.stderr if to_stdout else sys.stdout)
-    story.info("%s", render_summary(outcome.summary))
+        print_summary(outcome.result, resume=resume_hint(outcome, argv), quiet=args.quiet,
+                      out=sys.stderr if to_stdout else sys.stdout)  # fmt: skip
+    story.info("%s", render_summary(outcome.result))
     if outcome.error is not None:
         log.error("%s", outcome.error)  # in full, on stderr and in the log file
-    story.info("%s", result_line(outcome))
+    story.info("%s", result)
     return outcome.exit_code
 
 
@@ -714,16 +674,22 @@ def _show_plan(plan: Plan, *, as_json: bool, quiet: bool) -> None:
         print(plan.render(), file=sys.stderr)
 
 
-def _write_summary_json(path: Path | None, summary: dict[str, Any]) -> None:
-    """--summary-json FILE, or - for standard output (the printed summary then goes to stderr)."""
+def _summary_to_stdout(path: Path | None) -> bool:
+    return path is not None and str(path) == "-"
+
+
+def _write_summary_json(path: Path | None, summary: dict[str, Any]) -> bool:
+    """--summary-json FILE, or - for standard output (the printed summary then goes to stderr);
+    the one writer of a run's and a dry run's. True when it went to standard output."""
     if path is None:
-        return
-    text = json.dumps(summary, indent=2, sort_keys=True) + "\n"
-    if str(path) == "-":
+        return False
+    text = summary_json_text(summary)  # as summary.json in the report
+    if _summary_to_stdout(path):
         sys.stdout.write(text)
         sys.stdout.flush()
-    else:
-        write_private_text(path, text)  # owner-only: it names the run's files
+        return True
+    write_private_text(path, text)  # owner-only: it names the run's files
+    return False
 
 
 def _check_inputs(settings: RunSettings) -> None:
@@ -783,7 +749,7 @@ class _source_logs_once:
 def _check_outputs(settings: RunSettings, *, dry_run: bool) -> None:
     """Every file and folder the run will write, checked before anything is sent."""
     summary = settings.summary_json
-    files = [] if summary is None or str(summary) == "-" else [("--summary-json", summary)]
+    files = [] if summary is None or _summary_to_stdout(summary) else [("--summary-json", summary)]
     folders = [] if settings.report_dir is None else [("--report-dir", settings.report_dir)]
     if settings.report_dir is None and settings.checkpoint.parent.is_dir():
         # Beside the checkpoint: a checkpoint folder that is unusable is refused on its own.
@@ -810,9 +776,7 @@ def _dry_run(settings: RunSettings, *, as_json: bool = False) -> int:
         text = plan.render().replace("ozbulk plan", "ozbulk plan (dry run: nothing sent)")
         print(text, file=sys.stderr)
         print(f"  rejected rows written to {out / 'rejected.csv'}", file=sys.stderr)
-    totals = {key: getattr(counts, key) for key in ("rows", "accepted", "rejected",
-                                                      "duplicates", "chunks")}  # fmt: skip
-    _write_summary_json(settings.summary_json, {**totals, "dry_run": True})
+    _write_summary_json(settings.summary_json, dry_run_json(counts))
     if counts.accepted == 0:
         raise no_number_error(counts, str(out / "rejected.csv"))
     return 0

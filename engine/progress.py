@@ -138,7 +138,7 @@ class Meter:
             bytes_read=bytes_read if isinstance(bytes_read, int) else 0,
             pacer=run.pacer,
             deleted=totals.deleted,
-            not_found=totals.sent - totals.deleted - totals.error,
+            not_found=totals.not_found,
             error=totals.error,
             failed=totals.chunks_failed,
             retries=stats.retries,
