@@ -42,6 +42,7 @@ from engine.files import make_private_dir, open_private, write_csv
 from engine.redact import REDACTOR
 from engine.telemetry_report import TELEMETRY_FILES, write_telemetry_files
 
+REJECTED_HEADER = ["file", "line", "raw", "reason"]  # the report's and the dry run's
 NOT_FOUND_FILE = "not_found.csv"
 NOT_FOUND_HEADER = [
     "number", "file", "line", "chunk", "exact", "chunk_not_found", "chunk_candidates", "in_doubt",
@@ -75,7 +76,7 @@ def write_report(checkpoint: Checkpoint, summary: dict[str, Any], out: Path) -> 
     _replace(out / "summary.json", [summary_json_text(REDACTOR.scrub_value(summary))])
     write_csv(
         out / "rejected.csv",
-        ["file", "line", "raw", "reason"],
+        REJECTED_HEADER,
         (
             [_name(names, file), line, raw, reason]
             for file, line, raw, reason in checkpoint.reject_rows()

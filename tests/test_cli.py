@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import pty
@@ -115,6 +116,26 @@ def test_dry_run_reports_counts_and_rejects_and_sends_nothing(
     assert all(line.startswith(str(source)) for line in lines[1:])
     assert server.stats()["requests"] == 0
     assert not (tmp_path / f"ozbulk-{USER}-{GROUP}.ckpt").exists()
+
+
+def test_a_dry_run_writes_rejected_csv_whole_or_not_at_all(run_cli, fake_api, tmp_path):
+    """rejected.csv of a dry run is renamed into place once whole, as the report's: an input
+    unreadable part-way leaves the earlier file as it was, and no temporary file beside it."""
+    server = fake_api()
+    rows = ["phone"] + [f"abc{n}" if n % 7 == 0 else str(9800000000 + n) for n in range(60_000)]
+    packed = gzip.compress(("\n".join(rows) + "\n").encode())
+    source = tmp_path / "numbers.csv.gz"
+    source.write_bytes(packed)
+    whole = run_cli(*delete_args(server, source, dry_run=True, report_dir="dry"))
+    assert whole.returncode == 0, whole.output
+    written = (tmp_path / "dry" / "rejected.csv").read_text()
+    assert len(written.splitlines()) == 1 + 60_000 // 7 + 1
+    source.write_bytes(packed[: len(packed) // 2])
+    cut = run_cli(*delete_args(server, source, dry_run=True, report_dir="dry"))
+    assert cut.returncode == 2 and "read failed" in cut.stderr, cut.output
+    assert [entry.name for entry in (tmp_path / "dry").iterdir()] == ["rejected.csv"]
+    assert (tmp_path / "dry" / "rejected.csv").read_text() == written
+    assert server.stats()["requests"] == 0
 
 
 def test_help_teaches_the_common_runs(run_cli):
