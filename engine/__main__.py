@@ -3,14 +3,13 @@
 import sys
 
 from engine import interruption
+from engine.errors import ExitCode
 
 try:
     # Before the command's imports: a SIGTERM during start-up exits 130 with a line, not 143.
     interruption.install()
     from engine.cli import run
 except KeyboardInterrupt as interrupt:
-    from engine.errors import ExitCode
-
     sys.stderr.write(f"ozbulk: {interruption.describe(interrupt)}\n")
     sys.exit(ExitCode.INTERRUPTED)
 
