@@ -175,14 +175,15 @@ class Summary:
 
     @property
     def complete(self) -> bool:
-        """Every chunk of the input is done: each number has a verdict.
+        """The input was read to its end and every chunk of it is done: each number has a verdict.
 
         A state of the work, not of how the pass ended: a stop or an error that came after the
         last chunk was done leaves the run complete (its exit code still says how it ended), as
-        ``ozbulk status`` reads the same checkpoint.
+        ``ozbulk status`` reads the same checkpoint. An input without a single number is never
+        complete: it is refused ("nothing to send"), not done.
         """
         total = self.chunks_total
-        return total is not None and self.totals.chunks_done == total
+        return bool(total) and self.totals.chunks_done == total
 
     @property
     def numbers_with_verdict(self) -> int:

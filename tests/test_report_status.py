@@ -146,6 +146,20 @@ def test_a_run_whose_every_chunk_is_done_is_complete_however_its_pass_ended() ->
     assert not failed.complete and exit_code_for(failed, None, None) == ExitCode.FAILED_CHUNKS
 
 
+def test_an_input_without_a_number_is_never_complete(path: Path) -> None:
+    """Read to its end with no chunk at all: refused ("nothing to send"), not done; the run's
+    summary and `ozbulk status` both say so."""
+    empty = InputCounts(rows=3, rejected=3, finished=True)
+    assert _live(empty, Totals()).to_json()["complete"] is False
+    checkpoint = Checkpoint.for_run(path.with_name("empty.ckpt"), IDENTITY, SETTINGS)
+    read = {"rows": 3, "accepted": 0, "rejected": 3, "duplicates": 0, "chunks": 0}
+    checkpoint.record([], [], {}, input_counts={**read, "finished": True})
+    info = describe(checkpoint)
+    assert Summary.of_checkpoint(checkpoint).to_json()["complete"] is False
+    checkpoint.close()
+    assert info["state"] == "incomplete" and info["chunks"]["remaining"] == 0
+
+
 # -- status --------------------------------------------------------------------------------------
 
 
