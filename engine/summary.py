@@ -9,11 +9,12 @@
                                                            status_*        ``ozbulk status``
 
 Every figure is counted once, where it is kept (the input's counts, the collector's totals, the
-counters), and every figure derived from them (``not_found``, ``chunks_remaining``, ``complete``)
-is derived here, once. The JSON keys are the public contract of ``summary.json`` and
-``--summary-json``: a live run's summary has a few figures only that pass knows (``elapsed_s``,
-``chunks_skipped``, ...), and one rebuilt from a checkpoint has what only a whole reading of the
-checkpoint gives (``input_read_completely``, ``chunks_remaining``).
+counters), and every figure derived from them is derived once: ``not_found`` by
+:class:`engine.records.Totals`, ``chunks_total``, ``chunks_remaining`` and ``complete`` here.
+The JSON keys are the public contract of ``summary.json`` and ``--summary-json``: a live run's
+summary has a few figures only that pass knows (``elapsed_s``, ``chunks_skipped``, ...), and one
+rebuilt from a checkpoint has what only a whole reading of the checkpoint gives
+(``input_read_completely``, ``chunks_remaining``).
 
 This module imports no stage (pipeline, client, workers): it reads plain records, so the display
 and the reports can use it without the HTTP stack.
@@ -25,17 +26,15 @@ import re
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from engine.checkpoint import Checkpoint, fingerprint
 from engine.errors import ExitCode
 from engine.limits import describe_limit
 from engine.records import InputCounts, Totals
 from engine.redact import REDACTOR
 from engine.report import REPORT_FILES
 from engine.telemetry_report import summarize_checkpoint, summary_lines
-
-if TYPE_CHECKING:
-    from engine.checkpoint import Checkpoint
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,8 +114,6 @@ class Summary:
     @classmethod
     def of_checkpoint(cls, checkpoint: Checkpoint) -> Summary:
         """The run's totals as far as the checkpoint knows them."""
-        from engine.checkpoint import fingerprint
-
         sums = checkpoint.sums()
         counters: dict[str, Any] = checkpoint.meta("counters", {}) or {}
         read: dict[str, Any] = checkpoint.meta("input", {}) or {}
