@@ -3,6 +3,7 @@
 import sys
 
 from engine import interruption
+from engine.errors import ExitCode
 
 try:
     # Before the command's imports: a SIGTERM during start-up exits 130 with a line, not 143.
@@ -10,6 +11,6 @@ try:
     from engine.cli import run
 except KeyboardInterrupt as interrupt:
     sys.stderr.write(f"ozbulk: {interruption.describe(interrupt)}\n")
-    sys.exit(130)
+    sys.exit(ExitCode.INTERRUPTED)
 
 run()

@@ -25,16 +25,17 @@ from typing import TYPE_CHECKING, Any, NamedTuple, NoReturn
 from engine import exporters, interruption
 from engine import settings as defaults
 from engine.config import config_path, layer_defaults
-from engine.errors import InputFailedMidRun, OzbulkError, UsageError
+from engine.errors import ExitCode, InputFailedMidRun, OzbulkError, UsageError, exit_codes_help
 from engine.files import check_output_paths, prepare_log_file, write_private_text
 from engine.logs import REDACTOR, setup_logging
 from engine.numbers import Normalizer
 from engine.rates import parse_rate
 from engine.redact import RedactingStream
-from engine.report import default_report_dir, render_summary
+from engine.report import default_report_dir, summary_json_text
 from engine.settings import InputSettings, RunSettings, Secret
 from engine.source import CsvSource, check_input_path
 from engine.status import write_report_for
+from engine.summary import dry_run_json, print_summary, render_summary, result_line
 from engine.telemetry_report import PLOT_HELP, PLOT_NAME, plot_for
 
 # Each command imports what it runs when it runs: `--help`, `--version`, `status` and `config
@@ -46,19 +47,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("engine")
 
-EXIT_CODES = """\
-exit codes:
-  0    complete: every number has a verdict
-  1    finished, but some chunks failed after all retries (re-run to retry them)
-  2    bad usage, settings, input or checkpoint (nothing was sent)
-  3    stopped part-way by an answer no retry can fix (bad credentials, invalid group id),
-       because none of the first 2,000 numbers sent was in the group (see --allow-not-found),
-       because no API answered at --base-url, or by input unreadable past some point; what was
-       sent is recorded; resumable
-  4    the checkpoint could not be written (disk full, read-only); resumable once fixed
-  70   internal error: a bug in ozbulk (run again with -v for the traceback, and report it)
-  130  interrupted (Ctrl-C or SIGTERM); re-run the same command to resume
-"""
+EXIT_CODES = exit_codes_help()  # the one table of codes: engine.errors.ExitCode
 
 DELETE_EXAMPLES = """\
 examples:
@@ -589,27 +578,6 @@ def resume_command(argv: list[str]) -> str:
     return shlex.join(words)
 
 
-def result_line(outcome: RunOutcome) -> str:
-    """The one-line result: the exit code and what it means."""
-    stopped_by = _gist(str(outcome.summary.get("stopped_by", "")))
-    if outcome.exit_code == 0 and not outcome.summary.get("accepted"):
-        return "exit 0: complete, but the input held no phone number to send"
-    meaning = {
-        0: "complete: every number has a verdict",
-        1: "finished with failed chunks: re-run the same command to retry them",
-        130: "interrupted: re-run the same command to resume",
-    }.get(outcome.exit_code, f"stopped: {stopped_by}")
-    return f"exit {outcome.exit_code}: {meaning}"
-
-
-def _gist(reason: str) -> str:
-    """The first clause of a stop's reason, for the one-line result; the error itself is
-    logged in full (on stderr), so the long text is not said twice."""
-    reason = reason.removeprefix("stopped: ").removeprefix("stopped by ")
-    gist = re.split(r"(?<=[^.\d])[.;](?:\s|$)| \(", reason, maxsplit=1)[0]
-    return gist if len(gist) <= 100 else gist[:99] + "…"
-
-
 def resume_hint(outcome: RunOutcome, argv: list[str] | None) -> str | None:
     # A bad input fails the same way on every re-run: resuming is not the advice then.
     final = UsageError | InputFailedMidRun  # their message says what to do
@@ -618,24 +586,6 @@ def resume_hint(outcome: RunOutcome, argv: list[str] | None) -> str | None:
     if "-" in argv:
         return "standard input was read once and cannot be resumed: save it to a file first"
     return f"resume with: {resume_command(argv)}"
-
-
-def print_summary(
-    outcome: RunOutcome,
-    argv: list[str] | None = None,
-    *,
-    paths: bool = True,
-    quiet: bool = False,
-    out: Any = None,
-) -> None:
-    """The summary in words (unless quiet), then the one-line result and how to resume."""
-    out = out or sys.stdout
-    if not quiet:
-        print(render_summary(outcome.summary, paths=paths), file=out)
-    print(result_line(outcome), file=out)
-    hint = resume_hint(outcome, argv)
-    if hint:
-        print(hint, file=out)
 
 
 def json_event(event: str, **fields: Any) -> None:
@@ -708,19 +658,17 @@ def cmd_delete(args: argparse.Namespace, argv: list[str], sources: dict[str, str
             telemetry=replace(observe, numbers_expected=plan.numbers),
         )
     )
-    _write_summary_json(settings.summary_json, outcome.summary)
-    to_stdout = settings.summary_json is not None and str(settings.summary_json) == "-"
+    summary, result = outcome.summary, result_line(outcome.result)
+    to_stdout = _write_summary_json(settings.summary_json, summary)
     if as_json:
-        json_event(
-            "summary", summary=outcome.summary, result=result_line(outcome),
-            resume=resume_hint(outcome, argv),
-        )  # fmt: skip
+        json_event("summary", summary=summary, result=result, resume=resume_hint(outcome, argv))
     else:
-        print_summary(outcome, argv, quiet=args.quiet, out=sys.stderr if to_stdout else sys.stdout)
-    story.info("%s", render_summary(outcome.summary))
+        print_summary(outcome.result, resume=resume_hint(outcome, argv), quiet=args.quiet,
+                      out=sys.stderr if to_stdout else sys.stdout)  # fmt: skip
+    story.info("%s", render_summary(outcome.result))
     if outcome.error is not None:
         log.error("%s", outcome.error)  # in full, on stderr and in the log file
-    story.info("%s", result_line(outcome))
+    story.info("%s", result)
     return outcome.exit_code
 
 
@@ -734,16 +682,22 @@ def _show_plan(plan: Plan, *, as_json: bool, quiet: bool) -> None:
         print(plan.render(), file=sys.stderr)
 
 
-def _write_summary_json(path: Path | None, summary: dict[str, Any]) -> None:
-    """--summary-json FILE, or - for standard output (the printed summary then goes to stderr)."""
+def _summary_to_stdout(path: Path | None) -> bool:
+    return path is not None and str(path) == "-"
+
+
+def _write_summary_json(path: Path | None, summary: dict[str, Any]) -> bool:
+    """--summary-json FILE, or - for standard output (the printed summary then goes to stderr);
+    the one writer of a run's and a dry run's. True when it went to standard output."""
     if path is None:
-        return
-    text = json.dumps(summary, indent=2, sort_keys=True) + "\n"
-    if str(path) == "-":
+        return False
+    text = summary_json_text(summary)  # as summary.json in the report
+    if _summary_to_stdout(path):
         sys.stdout.write(text)
         sys.stdout.flush()
-    else:
-        write_private_text(path, text)  # owner-only: it names the run's files
+        return True
+    write_private_text(path, text)  # owner-only: it names the run's files
+    return False
 
 
 def _check_inputs(settings: RunSettings) -> None:
@@ -803,7 +757,7 @@ class _source_logs_once:
 def _check_outputs(settings: RunSettings, *, dry_run: bool) -> None:
     """Every file and folder the run will write, checked before anything is sent."""
     summary = settings.summary_json
-    files = [] if summary is None or str(summary) == "-" else [("--summary-json", summary)]
+    files = [] if summary is None or _summary_to_stdout(summary) else [("--summary-json", summary)]
     folders = [] if settings.report_dir is None else [("--report-dir", settings.report_dir)]
     if settings.report_dir is None and settings.checkpoint.parent.is_dir():
         # Beside the checkpoint: a checkpoint folder that is unusable is refused on its own.
@@ -830,9 +784,7 @@ def _dry_run(settings: RunSettings, *, as_json: bool = False) -> int:
         text = plan.render().replace("ozbulk plan", "ozbulk plan (dry run: nothing sent)")
         print(text, file=sys.stderr)
         print(f"  rejected rows written to {out / 'rejected.csv'}", file=sys.stderr)
-    totals = {key: getattr(counts, key) for key in ("rows", "accepted", "rejected",
-                                                      "duplicates", "chunks")}  # fmt: skip
-    _write_summary_json(settings.summary_json, {**totals, "dry_run": True})
+    _write_summary_json(settings.summary_json, dry_run_json(counts))
     if counts.accepted == 0:
         raise no_number_error(counts, str(out / "rejected.csv"))
     return 0
@@ -944,7 +896,7 @@ def _main(argv: list[str] | None = None) -> int:
         return error.exit_code
     except KeyboardInterrupt as interrupt:
         print(f"ozbulk: {interruption.describe(interrupt)}", file=sys.stderr)
-        return 130
+        return ExitCode.INTERRUPTED
     except Exception as error:  # an internal bug: say so plainly, trace it only on request
         if verbose:
             raise
@@ -953,7 +905,7 @@ def _main(argv: list[str] | None = None) -> int:
             "(run again with -v for the traceback, and please report it)",
             file=sys.stderr,
         )
-        return 70
+        return ExitCode.INTERNAL
 
 
 def run() -> NoReturn:

@@ -51,7 +51,7 @@ from engine.guard import COUNTER_KEY as GUARD_KEY
 from engine.guard import NotFoundGuard
 from engine.limits import Limit
 from engine.pass_start import PassStart
-from engine.records import Chunk, ChunkResult, InputCounts, LiveStats, Reject
+from engine.records import Chunk, ChunkResult, InputCounts, LiveStats, Reject, Totals
 from engine.telemetry import Telemetry
 
 log = logging.getLogger(__name__)
@@ -64,23 +64,6 @@ RESENT_AFTER_FAILURE = (
     "sent again after failing in an earlier pass: an attempt then may have been applied, so "
     "numbers not found were probably deleted then"
 )
-
-
-@dataclass(slots=True)
-class Totals:
-    """Outcomes of the chunks finished so far, this pass and earlier ones together."""
-
-    chunks_done: int = 0
-    chunks_failed: int = 0
-    sent: int = 0
-    success: int = 0
-    error: int = 0
-    deleted: int = 0
-    in_doubt_chunks: int = 0
-    # Of the numbers not found, those of chunks in doubt: an earlier attempt probably deleted them.
-    probably_deleted_earlier: int = 0
-    failed_numbers: int = 0
-    numbers_finished_this_pass: int = 0
 
 
 @dataclass

@@ -13,14 +13,13 @@ from engine.pipeline import delete
 from engine.progress import LogDisplay
 from engine.sample import write_sample_file
 from engine.settings import InputSettings, RunSettings, Secret
+from engine.summary import print_summary
 
 DEMO_KEY = "demo-key"
 SAMPLE = Path(__file__).resolve().parent.parent / "sample_data" / "sample.csv"
 
 
 def run_demo(rows: int = 0) -> int:
-    from engine.cli import print_summary
-
     with tempfile.TemporaryDirectory(prefix="ozbulk-demo-") as folder:
         work = Path(folder)
         if rows or not SAMPLE.is_file():
@@ -47,7 +46,7 @@ def run_demo(rows: int = 0) -> int:
                 concurrency=16,
             )
             outcome = anyio.run(lambda: delete(settings, progress=LogDisplay(interval=1.0)))
-            print_summary(outcome, paths=False)  # the folder is removed when the demo ends
+            print_summary(outcome.result, paths=False)  # the folder is removed when the demo ends
             left = server.state.remaining(1)
             verdict = "all deleted" if left == 0 else "NOT all deleted"
             print(f"fake API: group 1 now holds {left} numbers ({verdict})")

@@ -34,17 +34,81 @@ tree in exactly one place, :func:`engine.client.translate_transport_error`.
 
 from __future__ import annotations
 
+import enum
+import textwrap
+
+
+class ExitCode(enum.IntEnum):
+    """Every code the ``ozbulk`` command can exit with; :data:`EXIT_MEANINGS` says each."""
+
+    OK = 0
+    FAILED_CHUNKS = 1
+    USAGE = 2
+    STOPPED = 3
+    CHECKPOINT_WRITE = 4
+    INTERNAL = 70
+    INTERRUPTED = 130
+
+    @property
+    def meaning(self) -> str:
+        """What the code means and what to do, for ``--help`` (one line)."""
+        return EXIT_MEANINGS[self]
+
+    @property
+    def outcome(self) -> str | None:
+        """The words of the one-line result after a run; None: the stop's own reason says it."""
+        return OUTCOME_WORDS.get(self)
+
+
+EXIT_MEANINGS: dict[ExitCode, str] = {
+    ExitCode.OK: "complete: every number has a verdict",
+    ExitCode.FAILED_CHUNKS: "finished, but some chunks failed after all retries (re-run to retry "
+    "them)",
+    ExitCode.USAGE: "bad usage, settings, input or checkpoint (nothing was sent)",
+    ExitCode.STOPPED: "stopped part-way by an answer no retry can fix (bad credentials, invalid "
+    "group id), because none of the first 2,000 numbers sent was in the group (see "
+    "--allow-not-found), because no API answered at --base-url, or by input unreadable past some "
+    "point; what was sent is recorded; resumable",
+    ExitCode.CHECKPOINT_WRITE: "the checkpoint could not be written (disk full, read-only); "
+    "resumable once fixed",
+    ExitCode.INTERNAL: "internal error: a bug in ozbulk (run again with -v for the traceback, and "
+    "report it)",
+    ExitCode.INTERRUPTED: "interrupted (Ctrl-C or SIGTERM); re-run the same command to resume",
+}
+
+OUTCOME_WORDS: dict[ExitCode, str] = {
+    ExitCode.OK: "complete: every number has a verdict",
+    ExitCode.FAILED_CHUNKS: "finished with failed chunks: re-run the same command to retry them",
+    ExitCode.INTERRUPTED: "interrupted: re-run the same command to resume",
+}
+
+
+def exit_codes_help() -> str:
+    """The ``exit codes:`` section of ``ozbulk delete --help``."""
+    lines = ["exit codes:"]
+    for code in ExitCode:
+        lines.append(
+            textwrap.fill(
+                code.meaning,
+                width=95,
+                initial_indent=f"  {code.value:<5}",
+                subsequent_indent=" " * 7,
+                break_on_hyphens=False,
+            )
+        )
+    return "\n".join(lines) + "\n"
+
 
 class OzbulkError(Exception):
     """Base of every error ozbulk raises on purpose."""
 
-    exit_code: int = 2
+    exit_code: ExitCode = ExitCode.USAGE
 
 
 class UsageError(OzbulkError):
     """A bad command line, setting or credential source: refused before anything is sent."""
 
-    exit_code = 2
+    exit_code = ExitCode.USAGE
 
 
 class InputError(UsageError):
@@ -61,7 +125,7 @@ class InputError(UsageError):
 class CheckpointError(OzbulkError):
     """The checkpoint file cannot be used for this run (corrupt, newer schema, other run)."""
 
-    exit_code = 2
+    exit_code = ExitCode.USAGE
 
     def __init__(self, message: str, *, path: str) -> None:
         super().__init__(message)
@@ -75,7 +139,7 @@ class CheckpointMismatch(CheckpointError):
 class CheckpointWriteError(OzbulkError):
     """The checkpoint cannot be written (disk full, read-only, removed); committed work is kept."""
 
-    exit_code = 4
+    exit_code = ExitCode.CHECKPOINT_WRITE
 
     def __init__(self, message: str, *, path: str) -> None:
         super().__init__(message)
@@ -89,7 +153,7 @@ class InputFailedMidRun(OzbulkError):
     fatal answer, and what was sent is recorded. ``cause`` is the :class:`InputError` itself.
     """
 
-    exit_code = 3
+    exit_code = ExitCode.STOPPED
 
     def __init__(self, message: str, *, cause: InputError) -> None:
         super().__init__(message)
@@ -99,7 +163,7 @@ class InputFailedMidRun(OzbulkError):
 class ApiError(OzbulkError):
     """One answer (or non-answer) of the Ozonetel API."""
 
-    exit_code = 3
+    exit_code = ExitCode.STOPPED
 
     def __init__(
         self, message: str, *, chunk_id: int | None = None, http_status: int | None = None

@@ -16,7 +16,7 @@ import contextlib
 import csv
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -153,12 +153,28 @@ class SafeCsvWriter:
 def write_csv(path: Path, header: list[str], rows: Iterable[Iterable[Any]]) -> None:
     """A CSV for people: owner-only, written whole or not at all (a rename), every text cell
     redacted and safe to open in a spreadsheet."""
+    with csv_file(path, header) as write:
+        for row in rows:
+            write(row)
+
+
+@contextlib.contextmanager
+def csv_file(path: Path, header: list[str]) -> Iterator[Callable[[Iterable[Any]], None]]:
+    """:func:`write_csv` for rows that come from callbacks: yields the function that writes a
+    row; the file takes its name when the block ends without an error, and not at all otherwise."""
     temporary = path.with_name(f".{path.name}.tmp")
-    with open_private(temporary) as handle:
-        writer = SafeCsvWriter(handle)
-        writer.writerow(header)
-        scrub = REDACTOR.scrub
-        writer.writerows(
-            [scrub(cell) if isinstance(cell, str) else cell for cell in row] for row in rows
-        )
-    os.replace(temporary, path)
+    try:
+        with open_private(temporary) as handle:
+            writer = SafeCsvWriter(handle)
+            writer.writerow(header)
+            scrub = REDACTOR.scrub
+
+            def write(row: Iterable[Any]) -> None:
+                writer.writerow(scrub(cell) if isinstance(cell, str) else cell for cell in row)
+
+            yield write
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise

@@ -36,20 +36,25 @@ from engine.checkpoint import (
 )
 from engine.client import OzonetelClient
 from engine.collector import CircuitBreaker, Collector, Tokens
-from engine.errors import CheckpointWriteError, InputError, InputFailedMidRun, OzbulkError
+from engine.errors import (
+    CheckpointWriteError,
+    ExitCode,
+    InputError,
+    InputFailedMidRun,
+    OzbulkError,
+)
 from engine.exporters import Exporters, TelemetryOptions
 from engine.guard import COUNTER_KEY as GUARD_KEY
 from engine.guard import FirstContact, NotFoundGuard
-from engine.limits import describe_limit
 from engine.numbers import Normalizer, formatter
 from engine.pacing import Pacer
 from engine.pass_start import PassStart
 from engine.producer_process import ChunkSource, ProducerInProcess, ProducerProcess
 from engine.records import Chunk, ChunkResult, InputCounts, LiveStats
-from engine.redact import REDACTOR
 from engine.report import default_report_dir, write_report
 from engine.selection import Selection
 from engine.settings import RunSettings
+from engine.summary import PassFigures, Summary
 from engine.telemetry import Telemetry
 from engine.workers import WorkerContext, worker
 
@@ -77,9 +82,17 @@ class StopControl:
 
 @dataclass
 class RunOutcome:
-    summary: dict[str, Any]
+    """How a run ended: its summary, its exit code, and the error that stopped it, if one did."""
+
+    result: Summary
     exit_code: int
     error: OzbulkError | None = None
+
+    @property
+    def summary(self) -> dict[str, Any]:
+        """The summary's JSON keys (those of summary.json and --summary-json), every text
+        redacted."""
+        return self.result.to_json()
 
 
 def run_identity(settings: RunSettings) -> dict[str, Any]:
@@ -317,45 +330,22 @@ class Run:
         if stop.requests >= 2:
             scope.cancel()
 
-    def summary(self, error: OzbulkError | None, stop: StopControl | None) -> dict[str, Any]:
-        counts, totals = self.counts, self.collector.totals
-        counters = self.collector.counters()
-        complete = (
-            counts.finished and error is None and totals.chunks_done == counts.chunks
-            and not (stop and stop.requests)
-        )  # fmt: skip
-        not_found = totals.sent - totals.deleted - totals.error
-        return {
-            "rows": counts.rows,
-            "accepted": counts.accepted,
-            "rejected": counts.rejected,
-            "duplicates": counts.duplicates,
-            "chunks_total": counts.chunks if counts.finished else None,
-            "chunks_done": totals.chunks_done,
-            "chunks_failed": totals.chunks_failed,
-            "chunks_skipped": self.skipped_chunks,
-            "sent": totals.sent,
-            "success": totals.success,
-            "error": totals.error,
-            "deleted": totals.deleted,
-            "not_found": not_found,
-            "failed_numbers": totals.failed_numbers,
-            "in_doubt_chunks": totals.in_doubt_chunks,
-            "probably_deleted_earlier": totals.probably_deleted_earlier,
-            "unrecorded_chunks": self.unrecorded_chunks,
-            "requests": counters["requests"],
-            "retries": counters["retries"],
-            "rate_limited": counters["rate_limited"],
-            "token_refreshes": counters["token_refreshes"],
-            "passes": counters["passes"],
-            "server_limit": describe_limit(counters["server_limit"]),
-            "paused_by_server_s": round(self.pacer.paused_s, 3),
-            "elapsed_s": round(time.monotonic() - self.started, 3),
-            "complete": bool(complete),
-            "checkpoint": str(self.checkpoint.path),
-            "fingerprint": fingerprint(self.checkpoint.identity()),
-            **self._telemetry_summary(),
-        }
+    def summary(self) -> Summary:
+        """The run's totals now, this pass and earlier ones together."""
+        return Summary.of_run(
+            self.counts,
+            self.collector.totals,
+            self.collector.counters(),
+            this_pass=PassFigures(
+                chunks_skipped=self.skipped_chunks,
+                unrecorded_chunks=self.unrecorded_chunks,
+                paused_by_server_s=round(self.pacer.paused_s, 3),
+                elapsed_s=round(time.monotonic() - self.started, 3),
+            ),
+            checkpoint=str(self.checkpoint.path),
+            fingerprint=fingerprint(self.checkpoint.identity()),
+            telemetry=self._telemetry_summary(),
+        )
 
     def _telemetry_summary(self) -> dict[str, Any]:
         self.telemetry.sample_now()  # the final commit, counted as finishing
@@ -395,14 +385,13 @@ def _first_ozbulk_error(group: BaseExceptionGroup[Any]) -> OzbulkError | None:
     return None
 
 
-def exit_code_for(
-    summary: dict[str, Any], error: OzbulkError | None, stop: StopControl | None
-) -> int:
+def exit_code_for(summary: Summary, error: OzbulkError | None, stop: StopControl | None) -> int:
+    """How the pass ended: its error's code, interrupted, complete, or with failed chunks."""
     if error is not None:
         return error.exit_code
     if stop is not None and stop.requests:
-        return 130
-    return 0 if summary["complete"] else 1
+        return ExitCode.INTERRUPTED
+    return ExitCode.OK if summary.complete else ExitCode.FAILED_CHUNKS
 
 
 async def watch_signals(stop: StopControl) -> None:
@@ -454,19 +443,16 @@ async def delete(
                 outer.cancel_scope.cancel()
         finally:
             exporters.close()
-        summary = run.summary(error, stop)
-        summary["exit_code"] = exit_code_for(summary, error, stop)
-        if error is not None:
-            summary["stopped_by"] = str(error)
-        elif stop.requests:
-            summary["stopped_by"] = stop.reason
-        summary = REDACTOR.scrub_value(summary)  # printed, written as JSON, returned to callers
+        summary = run.summary()
+        exit_code = exit_code_for(summary, error, stop)
+        stopped_by = str(error) if error is not None else stop.reason if stop.requests else None
+        summary = summary.ended(exit_code, stopped_by)
         report_dir = settings.report_dir or default_report_dir(settings.checkpoint)
         try:
-            write_report(checkpoint, summary, report_dir)
-            summary["report"] = str(report_dir)
+            write_report(checkpoint, summary.to_json(), report_dir)
+            summary = summary.with_report(str(report_dir))
         except OSError as report_error:
             log.error("could not write the report to %s: %s", report_dir, report_error)
-        return RunOutcome(summary, summary["exit_code"], error)
+        return RunOutcome(summary, exit_code, error)
     finally:
         checkpoint.close()

@@ -18,11 +18,12 @@ from typing import Any
 from engine.batcher import Producer
 from engine.checkpoint import Checkpoint, _explain_difference
 from engine.errors import CheckpointError, CheckpointMismatch
-from engine.files import SafeCsvWriter, make_private_dir, open_private
+from engine.files import csv_file, make_private_dir
 from engine.limits import Limit
 from engine.numbers import Normalizer
 from engine.progress import Expected
 from engine.records import InputCounts, Reject
+from engine.report import REJECTED_HEADER
 from engine.settings import RunSettings
 from engine.source import GZIP_MAGIC, is_gzip
 
@@ -274,14 +275,14 @@ def run_identity_of(settings: RunSettings) -> dict[str, Any]:
 
 
 def write_rejects(settings: RunSettings, out: Path) -> InputCounts:
-    """The dry run: read everything, write rejected.csv, send nothing."""
+    """The dry run: read everything, write rejected.csv (as the report does), send nothing."""
     make_private_dir(out)
     names = settings.inputs.paths
-    with open_private(out / "rejected.csv") as handle:
-        writer = SafeCsvWriter(handle)  # owner-only, and no cell runs as a formula
-        writer.writerow(["file", "line", "raw", "reason"])
+    # Written as the rows are read (a file of rejects never sits in memory), and renamed into
+    # place once whole; owner-only, redacted, and no cell runs as a formula.
+    with csv_file(out / "rejected.csv", REJECTED_HEADER) as write:
 
         def on_reject(reject: Reject) -> None:
-            writer.writerow([names[reject.file], reject.line, reject.raw, reject.reason])
+            write([names[reject.file], reject.line, reject.raw, reject.reason])
 
         return prescan(settings, on_reject)

@@ -137,7 +137,7 @@ class Meter:
             bytes_read=source.bytes_read,
             pacer=run.pacer,
             deleted=totals.deleted,
-            not_found=totals.sent - totals.deleted - totals.error,
+            not_found=totals.not_found,
             error=totals.error,
             failed=totals.chunks_failed,
             retries=stats.retries,

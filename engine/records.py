@@ -2,7 +2,7 @@
 
 ::
 
-    producer ──Chunk──► workers ──ChunkResult──► collector
+    producer ──Chunk──► workers ──ChunkResult──► collector ──Totals──► summary
        │ InputCounts, Reject     LiveStats, Verdict
 
 A record says what happened; the stages decide what it means. Keeping them here lets the ledger
@@ -89,3 +89,25 @@ class ChunkResult:
     @property
     def failed(self) -> bool:
         return self.verdict is None
+
+
+@dataclass(slots=True)
+class Totals:
+    """Outcomes of the chunks finished so far, this pass and earlier ones together."""
+
+    chunks_done: int = 0
+    chunks_failed: int = 0
+    sent: int = 0
+    success: int = 0
+    error: int = 0
+    deleted: int = 0
+    in_doubt_chunks: int = 0
+    # Of the numbers not found, those of chunks in doubt: an earlier attempt probably deleted them.
+    probably_deleted_earlier: int = 0
+    failed_numbers: int = 0
+    numbers_finished_this_pass: int = 0
+
+    @property
+    def not_found(self) -> int:
+        """Numbers the API answered for that it neither deleted nor refused: not in the group."""
+        return self.sent - self.deleted - self.error

@@ -37,17 +37,12 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from engine.checkpoint import Checkpoint, fingerprint
+from engine.checkpoint import Checkpoint
 from engine.files import make_private_dir, open_private, write_csv
-from engine.limits import describe_limit
 from engine.redact import REDACTOR
-from engine.telemetry_report import (
-    TELEMETRY_FILES,
-    summarize_checkpoint,
-    summary_lines,
-    write_telemetry_files,
-)
+from engine.telemetry_report import TELEMETRY_FILES, write_telemetry_files
 
+REJECTED_HEADER = ["file", "line", "raw", "reason"]  # the report's and the dry run's
 NOT_FOUND_FILE = "not_found.csv"
 NOT_FOUND_HEADER = [
     "number", "file", "line", "chunk", "exact", "chunk_not_found", "chunk_candidates", "in_doubt",
@@ -71,55 +66,17 @@ def _name(names: list[str], index: int) -> str:
     return names[index] if 0 <= index < len(names) else ""
 
 
-def summary_from_checkpoint(checkpoint: Checkpoint) -> dict[str, Any]:
-    """The run's totals as far as the checkpoint knows them, keyed like ``--summary-json``."""
-    sums = checkpoint.sums()
-    counters: dict[str, Any] = checkpoint.meta("counters", {}) or {}
-    read: dict[str, Any] = checkpoint.meta("input", {}) or {}
-    finished = bool(read.get("finished"))
-    chunks_total = read.get("chunks") if finished else None
-    summary: dict[str, Any] = {
-        "rows": read.get("rows"),
-        "accepted": read.get("accepted"),
-        "rejected": read.get("rejected"),
-        "duplicates": read.get("duplicates"),
-        "input_read_completely": finished,
-        "chunks_total": chunks_total,
-        "chunks_done": sums["chunks_done"],
-        "chunks_failed": sums["chunks_failed"],
-        "chunks_remaining": None if chunks_total is None else chunks_total - sums["chunks_done"],
-        "sent": sums["sent"],
-        "success": sums["success"],
-        "error": sums["error"],
-        "deleted": sums["deleted"],
-        "not_found": sums["sent"] - sums["deleted"] - sums["error"],
-        "failed_numbers": sums["failed_numbers"],
-        "in_doubt_chunks": sums["in_doubt_chunks"],
-        # Part of not_found: numbers of chunks in doubt, probably deleted by an earlier attempt.
-        "probably_deleted_earlier": sums["probably_deleted_earlier"],
-        "requests": counters.get("requests", 0),
-        "retries": counters.get("retries", 0),
-        "rate_limited": counters.get("rate_limited", 0),
-        "token_refreshes": counters.get("token_refreshes", 0),
-        "passes": counters.get("passes", 0),
-        "server_limit": describe_limit(counters.get("server_limit")),
-        "complete": chunks_total is not None and sums["chunks_done"] == chunks_total,
-        "checkpoint": str(checkpoint.path),
-        "fingerprint": fingerprint(checkpoint.identity()),
-        **summarize_checkpoint(checkpoint),  # latency, answers, retries, where time went
-    }
-    return summary
-
-
 def write_report(checkpoint: Checkpoint, summary: dict[str, Any], out: Path) -> Path:
-    """Write every report file into ``out`` (created if needed); return the folder."""
+    """Write every report file into ``out`` (created if needed); return the folder.
+
+    ``summary``: the JSON of a :class:`engine.summary.Summary` (its ``to_json()``).
+    """
     make_private_dir(out)
     names = _file_names(checkpoint)
-    summary = REDACTOR.scrub_value(summary)
-    _replace(out / "summary.json", [json.dumps(summary, indent=2, sort_keys=True) + "\n"])
+    _replace(out / "summary.json", [summary_json_text(REDACTOR.scrub_value(summary))])
     write_csv(
         out / "rejected.csv",
-        ["file", "line", "raw", "reason"],
+        REJECTED_HEADER,
         (
             [_name(names, file), line, raw, reason]
             for file, line, raw, reason in checkpoint.reject_rows()
@@ -177,80 +134,13 @@ def _replace(path: Path, parts: Iterable[str]) -> None:
     os.replace(temporary, path)
 
 
+def summary_json_text(summary: dict[str, Any]) -> str:
+    """A summary as the JSON of summary.json and --summary-json: sorted keys, indented."""
+    return json.dumps(summary, indent=2, sort_keys=True) + "\n"
+
+
 def default_report_dir(checkpoint_path: Path) -> Path:
     return checkpoint_path.with_name(checkpoint_path.name + ".report")
-
-
-# -- the summary a person reads ---------------------------------------------------------------
-
-
-def _n(value: Any) -> str:
-    return "unknown" if value is None else f"{value:,}"
-
-
-def _share(part: int, whole: int | None) -> str:
-    if not whole:
-        return ""
-    return f" ({100 * part / whole:.1f} %)"
-
-
-def _clock(seconds: float | None) -> str:
-    if seconds is None:
-        return "unknown"
-    whole = max(0, round(seconds))
-    return f"{whole // 3600}:{whole // 60 % 60:02d}:{whole % 60:02d}"
-
-
-def render_summary(summary: dict[str, Any], *, paths: bool = True) -> str:
-    """The summary in words, with thousands separators, shares and h:mm:ss; never "None".
-
-    ``summary.json`` keeps the machine keys; this is for reading at a glance. ``paths``: False
-    when the report and checkpoint are about to be removed (``ozbulk demo``).
-    """
-    s = summary
-    sent, failed_numbers = s.get("sent", 0), s.get("failed_numbers", 0)
-    accepted = s.get("accepted")
-    with_verdict = sent + failed_numbers
-    elapsed = s.get("elapsed_s")
-    speed = ""
-    if elapsed and s.get("sent"):
-        speed = f" ({s.get('requests', 0) / elapsed:,.1f} requests/s)"
-    chunks_total = s.get("chunks_total")
-    lines = [
-        "ozbulk summary",
-        f"  input        {_n(s.get('rows'))} rows: {_n(accepted)} numbers to send, "
-        f"{_n(s.get('rejected'))} rejected, {_n(s.get('duplicates'))} duplicates",
-        f"  deleted      {_n(s.get('deleted'))}{_share(s.get('deleted', 0), sent)}",
-        f"  not found    {_n(s.get('not_found'))}{_share(s.get('not_found', 0), sent)} "
-        "(not in the group)",
-        f"  refused      {_n(s.get('error'))}{_share(s.get('error', 0), sent)} "
-        "(listed in error by the API)",
-        f"  failed       {_n(s.get('chunks_failed'))} chunks after every retry "
-        f"({_n(failed_numbers)} numbers)",
-        f"  chunks       {_n(s.get('chunks_done'))} of {_n(chunks_total)} done"
-        + (
-            f"; {_n(s.get('in_doubt_chunks'))} sent again after an interruption (in doubt)"
-            if s.get("in_doubt_chunks")
-            else ""
-        ),
-        f"  progress     {_n(with_verdict)} of {_n(accepted)} numbers"
-        f"{_share(with_verdict, accepted) if chunks_total is not None else ''}",
-        f"  requests     {_n(s.get('requests'))}: {_n(s.get('retries'))} retries, "
-        f"{_n(s.get('rate_limited'))} refused as too fast",
-        f"  elapsed      {_clock(elapsed)}{speed}",
-    ]
-    if s.get("server_limit"):
-        paused = s.get("paused_by_server_s") or 0
-        lines.append(
-            f"  server limit {s['server_limit']}"
-            + (f"; waited {_clock(paused)} for it" if paused >= 1 else "")
-        )
-    lines += [f"  {line}" for line in summary_lines(s)]
-    if paths and s.get("report"):
-        lines.append(f"  report       {s['report']}/ ({', '.join(REPORT_FILES)})")
-    if paths and s.get("checkpoint"):
-        lines.append(f"  checkpoint   {s['checkpoint']}")
-    return "\n".join(lines)
 
 
 # -- not found: regenerated from the input, since the checkpoint keeps no successes ----------

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Protocol
 if TYPE_CHECKING:
     from engine.limits import Limit
     from engine.pacing import Pacer
-    from engine.records import InputCounts, LiveStats
+    from engine.records import InputCounts, LiveStats, Totals
     from engine.telemetry import Telemetry
 
 
@@ -52,33 +52,11 @@ class SourceView(Protocol):
         ...
 
 
-class TotalsView(Protocol):
-    """The collector's totals that progress shows (earlier passes included)."""
-
-    @property
-    def sent(self) -> int: ...
-
-    @property
-    def deleted(self) -> int: ...
-
-    @property
-    def error(self) -> int: ...
-
-    @property
-    def chunks_failed(self) -> int: ...
-
-    @property
-    def failed_numbers(self) -> int: ...
-
-    @property
-    def numbers_finished_this_pass(self) -> int: ...
-
-
 class LedgerView(Protocol):
     """The collector, read: its totals and the token refreshes of this pass."""
 
     @property
-    def totals(self) -> TotalsView: ...
+    def totals(self) -> Totals: ...
 
     @property
     def token_refreshes(self) -> Callable[[], int]: ...

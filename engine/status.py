@@ -14,8 +14,8 @@ from typing import Any
 
 from engine import settings as defaults
 from engine.checkpoint import Checkpoint
-from engine.limits import describe_limit
-from engine.report import summary_from_checkpoint, write_not_found, write_report
+from engine.report import write_not_found, write_report
+from engine.summary import Summary
 from engine.telemetry_report import summary_lines
 
 
@@ -65,19 +65,19 @@ def describe(checkpoint: Checkpoint) -> dict[str, Any]:
     """Everything `ozbulk status` shows, as one JSON-ready dictionary."""
     identity = checkpoint.identity()
     settings: dict[str, Any] = checkpoint.meta("settings", {}) or {}
-    summary = summary_from_checkpoint(checkpoint)
+    summary = Summary.of_checkpoint(checkpoint)
     updated = checkpoint.meta("updated_at", 0.0) or 0.0
     created = checkpoint.meta("created_at")
-    if summary["complete"]:
+    if summary.complete:
         state = "complete"
-    elif summary["chunks_failed"]:
+    elif summary.totals.chunks_failed:
         state = "incomplete, with failed chunks"
     else:
         state = "incomplete"
     return {
         "checkpoint": str(checkpoint.path.absolute()),
         "schema_version": checkpoint.schema_version(),
-        "fingerprint": summary["fingerprint"],
+        "fingerprint": summary.fingerprint,
         "state": state,
         "inputs": identity.get("inputs", []),
         "group_id": identity.get("group_id"),
@@ -85,37 +85,19 @@ def describe(checkpoint: Checkpoint) -> dict[str, Any]:
         "host": settings.get("host"),
         "identity": identity,
         "settings": settings,
-        "chunks": {
-            "total": summary["chunks_total"],
-            "done": summary["chunks_done"],
-            "failed": summary["chunks_failed"],
-            "remaining": summary["chunks_remaining"],
-            "in_doubt": summary["in_doubt_chunks"],
-        },
-        "totals": {key: summary[key] for key in _TOTAL_KEYS},
+        "chunks": summary.status_chunks(),
+        "totals": summary.status_totals(),
         "counters": checkpoint.meta("counters", {}) or {},
         "horizon": checkpoint.meta("horizon", 0),
-        "server_limit": describe_limit((checkpoint.meta("counters", {}) or {}).get("server_limit")),
+        "server_limit": summary.server_limit,
         "created_at": created,
         "created": _when(created),
         "updated_at": updated,
         "last_write": _when(updated),
         "updated_ago_s": round(time.time() - updated, 1) if updated else None,
         "resume_command": resume_command(identity, settings, checkpoint.path),
-        "telemetry": {key: summary[key] for key in _TELEMETRY_KEYS if key in summary},
+        "telemetry": dict(summary.telemetry),
     }
-
-
-_TELEMETRY_KEYS = (
-    "latency", "pacer_wait", "answers_by_status", "answers_by_kind", "retries_by_cause",
-    "backoff_s", "time_s", "pacer",
-)  # fmt: skip
-
-
-_TOTAL_KEYS = (
-    "rows", "accepted", "rejected", "duplicates", "sent", "success", "deleted", "not_found",
-    "error", "failed_numbers",
-)  # fmt: skip
 
 
 def _when(stamp: float | None) -> str | None:
@@ -177,7 +159,7 @@ def show_status(path: Path, *, as_json: bool) -> int:
 def write_report_for(path: Path, out: Path) -> int:
     checkpoint = Checkpoint.read(path)
     try:
-        write_report(checkpoint, summary_from_checkpoint(checkpoint), out)
+        write_report(checkpoint, Summary.of_checkpoint(checkpoint).to_json(), out)
         _, said = write_not_found(checkpoint, out)
     finally:
         checkpoint.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import pty
@@ -13,8 +14,10 @@ from pathlib import Path
 
 import pytest
 
+from engine import errors
 from engine.batcher import accepted_numbers
-from engine.cli import build_parsers, resume_command
+from engine.cli import EXIT_CODES, build_parsers, resume_command
+from engine.errors import ExitCode
 from tests._helpers import API_KEY, GROUP, USER, cli_env, delete_args, ozbulk_command
 
 
@@ -124,12 +127,46 @@ def test_dry_run_reports_counts_and_rejects_and_sends_nothing(
     assert not (tmp_path / f"ozbulk-{USER}-{GROUP}.ckpt").exists()
 
 
+def test_a_dry_run_writes_rejected_csv_whole_or_not_at_all(run_cli, fake_api, tmp_path):
+    """rejected.csv of a dry run is renamed into place once whole, as the report's: an input
+    unreadable part-way leaves the earlier file as it was, and no temporary file beside it."""
+    server = fake_api()
+    rows = ["phone"] + [f"abc{n}" if n % 7 == 0 else str(9800000000 + n) for n in range(60_000)]
+    packed = gzip.compress(("\n".join(rows) + "\n").encode())
+    source = tmp_path / "numbers.csv.gz"
+    source.write_bytes(packed)
+    whole = run_cli(*delete_args(server, source, dry_run=True, report_dir="dry"))
+    assert whole.returncode == 0, whole.output
+    written = (tmp_path / "dry" / "rejected.csv").read_text()
+    assert len(written.splitlines()) == 1 + 60_000 // 7 + 1
+    source.write_bytes(packed[: len(packed) // 2])
+    cut = run_cli(*delete_args(server, source, dry_run=True, report_dir="dry"))
+    assert cut.returncode == 2 and "read failed" in cut.stderr, cut.output
+    assert [entry.name for entry in (tmp_path / "dry").iterdir()] == ["rejected.csv"]
+    assert (tmp_path / "dry" / "rejected.csv").read_text() == written
+    assert server.stats()["requests"] == 0
+
+
 def test_help_teaches_the_common_runs(run_cli):
     """`delete --help` shows the first run, resume, token auth, dry run and the exit codes."""
     result = run_cli("delete", "--help")
     assert result.returncode == 0
     for text in ("first run", "resume", "--auth token", "--dry-run", "exit codes", "130"):
         assert text in result.stdout
+
+
+def test_every_exit_code_is_in_the_one_table_that_help_explains():
+    """Each error's exit code is an ExitCode, and `delete --help` explains every ExitCode."""
+    assert [int(code) for code in ExitCode] == [0, 1, 2, 3, 4, 70, 130]
+    pending, seen = [errors.OzbulkError], []
+    while pending:
+        error = pending.pop()
+        seen.append(error)
+        pending += error.__subclasses__()
+        assert isinstance(error.exit_code, ExitCode), error
+    assert len(seen) > 20
+    for code in ExitCode:
+        assert f"\n  {code.value:<5}{code.meaning[:40]}" in EXIT_CODES, code
 
 
 def test_resume_command_drops_restart_and_a_literal_key():

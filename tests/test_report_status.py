@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import csv
 import json
 import shlex
@@ -10,13 +11,17 @@ from typing import Any
 
 import pytest
 
+import engine
 from engine.checkpoint import DONE, FAILED, SCHEMA_VERSION, Checkpoint, ChunkRecord, fingerprint
 from engine.collector import RESENT_AFTER_INTERRUPTION
-from engine.errors import CheckpointError
+from engine.errors import CheckpointError, ExitCode
 from engine.files import spreadsheet_safe
-from engine.records import Reject
-from engine.report import REPORT_FILES, summary_from_checkpoint, write_report
+from engine.pipeline import StopControl, exit_code_for
+from engine.records import InputCounts, Reject, Totals
+from engine.report import REPORT_FILES, write_report
 from engine.status import describe, render, resume_command, show_status, write_report_for
+from engine.summary import PassFigures, Summary, result_line
+from engine.telemetry_report import summarize_checkpoint
 from tests._helpers import IDENTITY
 
 SETTINGS: dict[str, Any] = {
@@ -63,7 +68,7 @@ def read(path: Path) -> Checkpoint:
 def test_the_summary_from_a_checkpoint_counts_every_bucket(path: Path) -> None:
     """Totals come from the chunk rows; not_found = sent - deleted - error; counters carried."""
     checkpoint = read(path)
-    summary = summary_from_checkpoint(checkpoint)
+    summary = Summary.of_checkpoint(checkpoint).to_json()
     checkpoint.close()
     assert (summary["chunks_done"], summary["chunks_failed"]) == (2, 1)
     assert (summary["sent"], summary["deleted"], summary["error"]) == (200, 130, 2)
@@ -81,14 +86,78 @@ def test_once_the_input_was_read_to_its_end_the_chunks_remaining_are_known(path:
     """A finished reading gives chunks_total and what remains (failed ones included)."""
     checkpoint = Checkpoint.for_run(path, IDENTITY, SETTINGS)
     checkpoint.record([], [], {}, input_counts={**INPUT, "finished": True})
-    summary = summary_from_checkpoint(checkpoint)
+    summary = Summary.of_checkpoint(checkpoint).to_json()
     assert (summary["chunks_total"], summary["chunks_remaining"]) == (5, 3)
     checkpoint.record(
         [ChunkRecord(n, DONE, 100, 100, 0, 100, 1, False, "", []) for n in (2, 3, 4)], [], {}
     )
-    summary = summary_from_checkpoint(checkpoint)
+    summary = Summary.of_checkpoint(checkpoint).to_json()
     checkpoint.close()
     assert (summary["chunks_remaining"], summary["complete"]) == (0, True)
+
+
+def _live(counts: InputCounts, totals: Totals, checkpoint: Checkpoint | None = None) -> Summary:
+    """A live run's summary of these counts and totals, with the fixture's counters."""
+    counters = {"requests": 17, "retries": 9, "rate_limited": 0, "token_refreshes": 0,
+                "passes": 2, "server_limit": None}  # fmt: skip
+    return Summary.of_run(
+        counts, totals, counters,
+        this_pass=PassFigures(chunks_skipped=0, unrecorded_chunks=0, paused_by_server_s=0.0,
+                              elapsed_s=1.5),
+        checkpoint="c.ckpt" if checkpoint is None else str(checkpoint.path),
+        fingerprint=fingerprint(IDENTITY),
+        telemetry={} if checkpoint is None else summarize_checkpoint(checkpoint),
+    )  # fmt: skip
+
+
+def test_a_live_summary_and_one_from_the_checkpoint_agree_on_every_figure_they_share(
+    path: Path,
+) -> None:
+    """The same run, summed by its collector or read back from its checkpoint: one JSON."""
+    checkpoint = read(path)
+    stored = Summary.of_checkpoint(checkpoint)
+    live = _live(InputCounts(**INPUT), stored.totals, checkpoint)
+    checkpoint.close()
+    a, b = live.to_json(), stored.to_json()
+    assert {key: a[key] for key in a.keys() & b.keys()} == {
+        key: b[key] for key in a.keys() & b.keys()
+    }
+    assert a.keys() - b.keys() == {"chunks_skipped", "unrecorded_chunks", "paused_by_server_s",
+                                   "elapsed_s"}  # fmt: skip
+    assert b.keys() - a.keys() == {"input_read_completely", "chunks_remaining"}
+
+
+def test_a_run_whose_every_chunk_is_done_is_complete_however_its_pass_ended() -> None:
+    """complete: the input read to its end and every chunk done, as `ozbulk status` says of the
+    same checkpoint; a stop or an error after the last chunk changes the exit code only."""
+    counts = InputCounts(rows=200, accepted=200, chunks=2, finished=True)
+    totals = Totals(chunks_done=2, sent=200, success=200, deleted=150)
+    stopped = StopControl(requests=1, reason="SIGINT")
+    summary = _live(counts, totals)
+    assert exit_code_for(summary, None, stopped) == ExitCode.INTERRUPTED
+    ended = summary.ended(ExitCode.INTERRUPTED, "SIGINT")
+    assert ended.complete and ended.to_json()["complete"] is True
+    assert (ended.to_json()["exit_code"], ended.to_json()["stopped_by"]) == (130, "SIGINT")
+    assert result_line(ended) == "exit 130: interrupted: re-run the same command to resume"
+    assert exit_code_for(summary, None, StopControl()) == ExitCode.OK
+    unread = _live(InputCounts(rows=200, accepted=200, chunks=2), totals)
+    assert not unread.complete and unread.to_json()["chunks_total"] is None
+    failed = _live(counts, Totals(chunks_done=1, chunks_failed=1, sent=100, failed_numbers=100))
+    assert not failed.complete and exit_code_for(failed, None, None) == ExitCode.FAILED_CHUNKS
+
+
+def test_an_input_without_a_number_is_never_complete(path: Path) -> None:
+    """Read to its end with no chunk at all: refused ("nothing to send"), not done; the run's
+    summary and `ozbulk status` both say so."""
+    empty = InputCounts(rows=3, rejected=3, finished=True)
+    assert _live(empty, Totals()).to_json()["complete"] is False
+    checkpoint = Checkpoint.for_run(path.with_name("empty.ckpt"), IDENTITY, SETTINGS)
+    read = {"rows": 3, "accepted": 0, "rejected": 3, "duplicates": 0, "chunks": 0}
+    checkpoint.record([], [], {}, input_counts={**read, "finished": True})
+    info = describe(checkpoint)
+    assert Summary.of_checkpoint(checkpoint).to_json()["complete"] is False
+    checkpoint.close()
+    assert info["state"] == "incomplete" and info["chunks"]["remaining"] == 0
 
 
 # -- status --------------------------------------------------------------------------------------
@@ -278,7 +347,7 @@ def test_every_report_csv_quotes_formula_cells_from_any_source(tmp_path: Path) -
         [Reject(0, 7, evil, "letters")],
         {},
     )  # fmt: skip
-    write_report(checkpoint, summary_from_checkpoint(checkpoint), tmp_path / "out")
+    write_report(checkpoint, Summary.of_checkpoint(checkpoint).to_json(), tmp_path / "out")
     checkpoint.close()
     cells = [
         cell
@@ -290,3 +359,23 @@ def test_every_report_csv_quotes_formula_cells_from_any_source(tmp_path: Path) -
     assert not [cell for cell in cells if cell.startswith(("=", "@"))], cells
     assert "'=cmd|' /C calc'!A0.csv" in cells and f"'{evil}" in cells and "'@resent" in cells
     assert "+919800000001" in cells  # a phone number stays as the input had it
+
+
+def _imported_by(module: str) -> set[str]:
+    """Every engine module a module's source imports, at its top or inside a function."""
+    source = Path(engine.__file__).parent / f"{module}.py"
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(source.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+    return {name for name in names if name.startswith("engine")}
+
+
+def test_the_summary_imports_no_stage_and_the_demo_no_command_line() -> None:
+    """engine.summary reads plain records (no pipeline, client or workers), and the demo prints
+    through it, so engine.demo and engine.cli no longer import each other."""
+    assert not _imported_by("summary") & {"engine.pipeline", "engine.client", "engine.workers"}
+    assert "engine.summary" in _imported_by("demo")
+    assert "engine.cli" not in _imported_by("demo")
