@@ -15,8 +15,9 @@ from pathlib import Path
 import pytest
 
 from engine import errors
+from engine.arguments import EXIT_CODES, build_parsers
 from engine.batcher import accepted_numbers
-from engine.cli import EXIT_CODES, build_parsers, resume_command
+from engine.cli import resume_command
 from engine.errors import ExitCode
 from tests._helpers import API_KEY, GROUP, USER, cli_env, delete_args, ozbulk_command
 

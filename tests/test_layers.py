@@ -33,7 +33,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "exporters", "request_log",
     ),
     "run": ("pipeline", "plan", "interruption"),
-    "command": ("cli", "demo", "__main__", "__init__", "mock"),
+    "command": ("cli", "arguments", "demo", "__main__", "__init__", "mock"),
 }  # fmt: skip
 RANK = {module: rank for rank, modules in enumerate(LAYERS.values()) for module in modules}
 TRANSPORT = set(LAYERS["transport"])
