@@ -50,6 +50,7 @@ from engine.telemetry_report import plot_for
 if TYPE_CHECKING:
     from engine.pipeline import RunOutcome
     from engine.plan import Plan
+    from engine.run_view import Display
 
 log = logging.getLogger("engine")
 
@@ -215,7 +216,7 @@ def json_event(event: str, **fields: Any) -> None:
     print(REDACTOR.scrub(json.dumps(entry, default=str)), file=sys.stderr)
 
 
-def _progress(args: argparse.Namespace, plan: Plan) -> Any:
+def _progress(args: argparse.Namespace, plan: Plan) -> Display | None:
     from engine.progress import BarDisplay, LogDisplay, StoryOnly
 
     if args.quiet:

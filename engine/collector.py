@@ -90,7 +90,9 @@ class CircuitBreaker:
             )
 
 
-def _error_detail(chunk: Chunk, errors: list[str], write: Any) -> list[tuple[str, int, int]]:
+def _error_detail(
+    chunk: Chunk, errors: list[str], write: Callable[[int], str]
+) -> list[tuple[str, int, int]]:
     """Match the numbers the API listed in ``error`` back to their file and line."""
     if not errors:
         return []  # the common case: no lookup table to build for each chunk
@@ -143,7 +145,7 @@ class Collector:
         stats: LiveStats,
         breaker: CircuitBreaker,
         guard: NotFoundGuard | None = None,
-        write: Any,
+        write: Callable[[int], str],
         commit_interval: float,
         horizon_step: int,
         server_limit: Callable[[], Limit | None] = lambda: None,
@@ -452,7 +454,7 @@ def _learned(limit: Limit | None) -> dict[str, Any] | None:
     return None if limit is None or limit.learned_at is None else limit.to_json()
 
 
-def left_by_a_dead_pass(horizon: int, unsettled: Any) -> BitMap:
+def left_by_a_dead_pass(horizon: int, unsettled: object) -> BitMap:
     """The chunks a pass that died with ``horizon`` up may have sent without a record.
 
     ``unsettled`` is that pass's last record of them (see the module's docstring). Without one

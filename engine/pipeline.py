@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
+from anyio.streams.memory import MemoryObjectSendStream
 
 from engine import streams
 from engine.batcher import Producer
@@ -52,6 +53,7 @@ from engine.pass_start import PassStart
 from engine.producer_process import ChunkSource, ProducerInProcess, ProducerProcess
 from engine.records import Chunk, ChunkResult, InputCounts, LiveStats
 from engine.report import default_report_dir, write_report
+from engine.run_view import Display
 from engine.selection import Selection
 from engine.settings import RunSettings
 from engine.summary import PassFigures, Summary
@@ -149,8 +151,12 @@ class Run:
             prior=start.server_limit,
             unit=settings.rate_per,
         )
-        self.telemetry = Telemetry(start.telemetry, pass_number=start.passes + 1)
-        self.telemetry.pacer = self.pacer
+        self.telemetry = Telemetry(
+            start.telemetry,
+            pass_number=start.passes + 1,
+            pacer=self.pacer,
+            input_finished=lambda: self.source.counts.finished,  # the source is made below
+        )
         self.guard = NotFoundGuard(
             start.counters.get(GUARD_KEY),
             allow=settings.allow_not_found,
@@ -181,7 +187,6 @@ class Run:
             done=start.done, failed=start.failed, retry_failed=settings.retry_failed
         )
         self.source = self._chunk_source()
-        self.telemetry.input_finished = lambda: self.source.counts.finished
         self.stopping = anyio.Event()
         self.started = time.monotonic()
         # Results merged but never committed (the checkpoint stopped taking writes): they are
@@ -215,7 +220,7 @@ class Run:
     def skipped_chunks(self) -> int:
         return self.source.skipped
 
-    async def produce(self, chunks: Any) -> None:
+    async def produce(self, chunks: MemoryObjectSendStream[Chunk]) -> None:
         # aclosing: a stop ends the producer (and kills its process) now, not at garbage time.
         async with chunks, contextlib.aclosing(self.source.chunks()) as source:
             try:
@@ -234,7 +239,9 @@ class Run:
                 self.input_error = error
                 self.stopping.set()
 
-    async def execute(self, stop: StopControl | None, progress: Any | None) -> OzbulkError | None:
+    async def execute(
+        self, stop: StopControl | None, progress: Display | None
+    ) -> OzbulkError | None:
         settings = self.settings
         chunks_tx, chunks_rx = anyio.create_memory_object_stream[Chunk](settings.concurrency * 2)
         results_tx, results_rx = anyio.create_memory_object_stream[ChunkResult](
@@ -423,7 +430,7 @@ async def delete(
     *,
     checkpoint: Checkpoint | None = None,
     stop: StopControl | None = None,
-    progress: Any | None = None,
+    progress: Display | None = None,
     handle_signals: bool = False,
     telemetry: TelemetryOptions | None = None,
 ) -> RunOutcome:

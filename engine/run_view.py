@@ -79,3 +79,9 @@ class RunView(Protocol):
 
     @property
     def telemetry(self) -> Telemetry: ...
+
+
+class Display(Protocol):
+    """What shows a pass while it runs (engine.progress): a task that reads it until cancelled."""
+
+    async def run(self, run: RunView) -> None: ...

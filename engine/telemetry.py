@@ -260,7 +260,13 @@ class Telemetry:
     """What a run measures about itself; the workers call it, the collector stores it."""
 
     def __init__(
-        self, stored: object = None, *, pass_number: int = 1, clock: Callable[[], float] = time.time
+        self,
+        stored: object = None,
+        *,
+        pass_number: int = 1,
+        clock: Callable[[], float] = time.time,
+        pacer: Pacer | None = None,
+        input_finished: Callable[[], bool] = lambda: False,
     ) -> None:
         self.pass_number = pass_number
         self._wall = clock
@@ -276,12 +282,13 @@ class Telemetry:
         self.passes: list[dict[str, Any]] = []
         self._load(stored)
         # This pass: live state read by the sampler.
-        self.pacer: Pacer | None = None
+        self.pacer = pacer
         self.in_flight = 0
         self.waiting_for_pace = 0
         self.backing_off = 0
-        self.input_finished: Callable[[], bool] = lambda: False
-        self.queued: Callable[[], int] = lambda: 0  # chunks read and not yet taken by a worker
+        self.input_finished = input_finished
+        # Chunks read and not yet taken by a worker: the run sets it once its stream exists.
+        self.queued: Callable[[], int] = lambda: 0
         self.first_request: float | None = None
         self.finished = False
         self.started = self._wall()
