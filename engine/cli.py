@@ -28,6 +28,7 @@ from engine.errors import InputFailedMidRun, OzbulkError, UsageError
 from engine.files import check_output_paths, prepare_log_file, write_private_text
 from engine.logs import REDACTOR, setup_logging
 from engine.numbers import Normalizer
+from engine.producer_choice import DEFAULT_PRODUCER, PRODUCER_CHOICES, choose_producer
 from engine.rates import parse_rate
 from engine.redact import RedactingStream
 from engine.report import default_report_dir, render_summary
@@ -227,10 +228,12 @@ def _add_delete_options(run: argparse.ArgumentParser) -> None:
     )
     speed.add_argument(
         "--producer",
-        choices=("process", "inline"),
-        default="process",
-        help="read and normalize the input in a child process, on another core (default), or "
-        "inline in the main process",
+        choices=PRODUCER_CHOICES,
+        default=DEFAULT_PRODUCER,
+        help="read and normalize the input in a child process, on another core, or inline in "
+        "the main process; auto (default) takes the child for an input large enough for "
+        "producer states (see --producer-state-rows) or gzip, or of 1 MB or more while a second "
+        "core is free (by the load average), and reads inline otherwise (-vv says which)",
     )
     speed.add_argument(
         "--producer-state-rows",
@@ -499,6 +502,13 @@ def _expand(inputs: list[str]) -> tuple[str, ...]:
     return tuple(paths)
 
 
+def _producer_in_child(choice: str, inputs: InputSettings, state_rows: int) -> bool:
+    decided = choose_producer(choice, inputs, state_rows)
+    where = "in a child process" if decided.in_child else "inline"
+    log.debug("the producer runs %s: %s", where, decided.reason)
+    return decided.in_child
+
+
 def settings_from_args(
     args: argparse.Namespace, sources: dict[str, str] | None = None
 ) -> RunSettings:
@@ -548,7 +558,7 @@ def settings_from_args(
         allow_not_found=args.allow_not_found,
         summary_json=args.summary_json,
         report_dir=args.report_dir,
-        producer_process=args.producer == "process",
+        producer_process=_producer_in_child(args.producer, inputs, args.producer_state_rows),
         producer_state_rows=args.producer_state_rows,
         max_response_bytes=args.max_response_bytes,
     )

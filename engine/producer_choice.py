@@ -1,0 +1,103 @@
+"""Where the producer runs (``--producer auto``): a child process on another core, or inline.
+
+The child reads, normalizes and deduplicates on a second core while the parent sends, but it is
+not free: an interpreter and its imports (~0.1 s of CPU before the first chunk), and every chunk
+pickled, piped and unpickled. It pays for itself only when there is much to read and a core to
+read it on: on a machine whose other core is busy, the two processes and the server take turns
+on one core, and the parent doing the reading itself is faster. So ``auto`` takes the child when
+
+- the input may hold enough rows for a producer state (see ``--producer-state-rows``): states,
+  which let a resume skip re-reading, are stored by the child only, so a large input always gets
+  it, whatever the machine; or a gzip file, whose rows cannot be told from its size;
+- otherwise, when the input is at least :data:`CHILD_MIN_BYTES` and a second core is free: at
+  least two cores this process may run on, and a load average that leaves one of them idle.
+
+Standard input is always read inline (the pipeline's own rule: a pipe cannot be handed over).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+
+from engine.settings import InputSettings
+
+PRODUCER_CHOICES = ("auto", "process", "inline")
+DEFAULT_PRODUCER = "auto"
+# Below this, the child's start costs more than the parent reading the whole input itself
+# (~2.5 µs a row of ~30 bytes inline: 1 MB is ~0.1 s).
+CHILD_MIN_BYTES = 1 << 20
+# The shortest row that can hold a number ("9876543210\n"): bytes ÷ this bounds the rows above.
+SHORTEST_ROW_BYTES = 11
+GZIP_MAGIC = b"\x1f\x8b"
+
+
+@dataclass(frozen=True)
+class Machine:
+    """What the choice looks at besides the input: usable cores and the 1-minute load average."""
+
+    cores: int
+    load: float
+
+    @classmethod
+    def now(cls) -> Machine:
+        try:
+            cores = len(os.sched_getaffinity(0))
+        except AttributeError:  # not Linux
+            cores = os.cpu_count() or 1
+        try:
+            load = os.getloadavg()[0]
+        except OSError:
+            load = 0.0
+        return cls(cores, load)
+
+
+@dataclass(frozen=True)
+class ProducerChoice:
+    in_child: bool
+    reason: str
+
+
+def choose_producer(
+    choice: str, inputs: InputSettings, state_rows: int, machine: Machine | None = None
+) -> ProducerChoice:
+    """Decide where the producer runs for ``--producer choice``; the reason is for the log."""
+    if choice == "process":
+        return ProducerChoice(True, "--producer process")
+    if choice == "inline":
+        return ProducerChoice(False, "--producer inline")
+    if inputs.from_stdin:
+        return ProducerChoice(False, "standard input is read inline")
+    size, packed = _input_bytes(inputs.paths)
+    if packed:
+        return ProducerChoice(True, "a gzip input (its rows cannot be told from its size)")
+    if size // SHORTEST_ROW_BYTES >= state_rows:
+        return ProducerChoice(True, f"{_mb(size)} of input: large enough for producer states")
+    if size < CHILD_MIN_BYTES:
+        return ProducerChoice(False, f"{_mb(size)} of input: less than the child costs to start")
+    machine = Machine.now() if machine is None else machine
+    if machine.cores < 2:
+        return ProducerChoice(False, f"{machine.cores} usable core")
+    if machine.load > machine.cores - 1:
+        return ProducerChoice(
+            False, f"load average {machine.load:.1f} on {machine.cores} cores: none is free"
+        )
+    return ProducerChoice(
+        True, f"{_mb(size)} of input, load average {machine.load:.1f} on {machine.cores} cores"
+    )
+
+
+def _input_bytes(paths: tuple[str, ...]) -> tuple[int, bool]:
+    """The inputs' total size, and whether any is gzip (a file that cannot be read counts 0:
+    reading it says what is wrong)."""
+    total, packed = 0, False
+    for path in paths:
+        with contextlib.suppress(OSError), open(path, "rb") as handle:
+            packed = packed or handle.read(2) == GZIP_MAGIC
+            total += os.fstat(handle.fileno()).st_size
+    return total, packed
+
+
+def _mb(size: int) -> str:
+    return f"{size / 1e6:.1f} MB"

@@ -1,0 +1,95 @@
+"""--producer auto: the child process only where it pays for itself, or where states need it."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+import pytest
+
+from engine.batcher import accepted_numbers
+from engine.producer_choice import (
+    CHILD_MIN_BYTES,
+    SHORTEST_ROW_BYTES,
+    Machine,
+    choose_producer,
+)
+from engine.settings import STATE_EVERY_ROWS, InputSettings
+from tests.conftest import GROUP, delete_args
+
+FREE = Machine(cores=2, load=0.5)
+BUSY = Machine(cores=2, load=1.6)
+
+
+def _file(tmp_path: Path, size: int, name: str = "numbers.csv") -> InputSettings:
+    path = tmp_path / name
+    path.write_bytes(b"phone\n" + b"9876543210\n" * ((size - 6) // 11))
+    return InputSettings(paths=(str(path),))
+
+
+def _auto(inputs: InputSettings, machine: Machine, state_rows: int = STATE_EVERY_ROWS) -> bool:
+    return choose_producer("auto", inputs, state_rows, machine).in_child
+
+
+def test_explicit_choices_are_obeyed_whatever_the_input_and_machine(tmp_path: Path) -> None:
+    small = _file(tmp_path, 100)
+    assert choose_producer("process", small, STATE_EVERY_ROWS, Machine(1, 9.0)).in_child
+    assert not choose_producer("inline", _file(tmp_path, 3 * CHILD_MIN_BYTES), 10, FREE).in_child
+
+
+def test_a_small_input_is_read_inline_even_on_a_free_machine(tmp_path: Path) -> None:
+    assert not _auto(_file(tmp_path, CHILD_MIN_BYTES - 100), FREE)
+
+
+def test_a_large_input_takes_the_child_only_while_a_second_core_is_free(tmp_path: Path) -> None:
+    inputs = _file(tmp_path, 2 * CHILD_MIN_BYTES)
+    assert _auto(inputs, FREE)
+    assert _auto(inputs, Machine(cores=2, load=1.0))  # exactly one core's worth of other work
+    assert not _auto(inputs, BUSY)
+    assert not _auto(inputs, Machine(cores=1, load=0.0))
+    assert _auto(inputs, Machine(cores=8, load=6.5))
+
+
+def test_several_files_count_together(tmp_path: Path) -> None:
+    first = _file(tmp_path, CHILD_MIN_BYTES // 2 + 100, "a.csv")
+    second = _file(tmp_path, CHILD_MIN_BYTES // 2 + 100, "b.csv")
+    assert _auto(InputSettings(paths=first.paths + second.paths), FREE)
+    assert not _auto(first, FREE)
+
+
+def test_an_input_that_may_reach_a_producer_state_always_takes_the_child(tmp_path: Path) -> None:
+    """States are written by the child only: a resume must not lose them to a busy machine."""
+    rows = 500
+    inputs = _file(tmp_path, rows * SHORTEST_ROW_BYTES + 6)
+    for machine in (BUSY, Machine(cores=1, load=0.0)):
+        assert _auto(inputs, machine, state_rows=rows)
+        assert not _auto(inputs, machine, state_rows=rows + 10)
+
+
+def test_gzip_takes_the_child_and_stdin_and_missing_files_do_not(tmp_path: Path) -> None:
+    packed = tmp_path / "numbers.csv.gz"
+    packed.write_bytes(gzip.compress(b"phone\n9876543210\n"))
+    assert _auto(InputSettings(paths=(str(packed),)), BUSY)
+    assert not _auto(InputSettings(paths=("-",)), FREE)
+    assert not _auto(InputSettings(paths=(str(tmp_path / "absent.csv"),)), FREE)
+
+
+@pytest.mark.parametrize(
+    ("flags", "where"),
+    [({}, "inline"), ({"producer_state_rows": 50}, "in a child process")],
+)
+def test_the_cli_says_where_the_producer_ran_and_deletes_alike(
+    run_cli, fake_api, sample_csv, flags: dict[str, object], where: str
+) -> None:
+    """A small file is read inline by default; one that reaches a state goes to the child; the
+    run deletes the same numbers either way."""
+    server = fake_api()
+    source = sample_csv(300)
+    seeded = server.state.seed(GROUP, accepted_numbers((str(source),)))
+    result = run_cli("-vv", *delete_args(server, source, rate=0, summary_json="s.json", **flags))
+    assert result.returncode == 0, result.output
+    assert f"the producer runs {where}:" in result.output
+    summary = json.loads((source.parent / "s.json").read_text())
+    assert summary["deleted"] == seeded and summary["complete"] is True
+    assert server.state.remaining(GROUP) == 0
