@@ -232,8 +232,8 @@ def _add_delete_options(run: argparse.ArgumentParser) -> None:
         default=DEFAULT_PRODUCER,
         help="read and normalize the input in a child process, on another core, or inline in "
         "the main process; auto (default) takes the child for an input large enough for "
-        "producer states (see --producer-state-rows) or gzip, or of 1 MB or more while a second "
-        "core is free (by the load average), and reads inline otherwise (-vv says which)",
+        "producer states (see --producer-state-rows) or gzip, or of 1 MB or more on two cores or "
+        "more, and reads inline otherwise: small inputs start faster (-vv says which)",
     )
     speed.add_argument(
         "--producer-state-rows",

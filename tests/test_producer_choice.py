@@ -9,17 +9,11 @@ from pathlib import Path
 import pytest
 
 from engine.batcher import accepted_numbers
-from engine.producer_choice import (
-    CHILD_MIN_BYTES,
-    SHORTEST_ROW_BYTES,
-    Machine,
-    choose_producer,
-)
+from engine.producer_choice import CHILD_MIN_BYTES, SHORTEST_ROW_BYTES, choose_producer
 from engine.settings import STATE_EVERY_ROWS, InputSettings
 from tests.conftest import GROUP, delete_args
 
-FREE = Machine(cores=2, load=0.5)
-BUSY = Machine(cores=2, load=1.6)
+TWO = 2
 
 
 def _file(tmp_path: Path, size: int, name: str = "numbers.csv") -> InputSettings:
@@ -28,51 +22,49 @@ def _file(tmp_path: Path, size: int, name: str = "numbers.csv") -> InputSettings
     return InputSettings(paths=(str(path),))
 
 
-def _auto(inputs: InputSettings, machine: Machine, state_rows: int = STATE_EVERY_ROWS) -> bool:
-    return choose_producer("auto", inputs, state_rows, machine).in_child
+def _auto(inputs: InputSettings, cores: int, state_rows: int = STATE_EVERY_ROWS) -> bool:
+    return choose_producer("auto", inputs, state_rows, cores).in_child
 
 
 def test_explicit_choices_are_obeyed_whatever_the_input_and_machine(tmp_path: Path) -> None:
     small = _file(tmp_path, 100)
-    assert choose_producer("process", small, STATE_EVERY_ROWS, Machine(1, 9.0)).in_child
-    assert not choose_producer("inline", _file(tmp_path, 3 * CHILD_MIN_BYTES), 10, FREE).in_child
+    assert choose_producer("process", small, STATE_EVERY_ROWS, 1).in_child
+    assert not choose_producer("inline", _file(tmp_path, 3 * CHILD_MIN_BYTES), 10, TWO).in_child
 
 
-def test_a_small_input_is_read_inline_even_on_a_free_machine(tmp_path: Path) -> None:
-    assert not _auto(_file(tmp_path, CHILD_MIN_BYTES - 100), FREE)
+def test_a_small_input_is_read_inline_even_with_cores_to_spare(tmp_path: Path) -> None:
+    assert not _auto(_file(tmp_path, CHILD_MIN_BYTES - 100), 8)
 
 
-def test_a_large_input_takes_the_child_only_while_a_second_core_is_free(tmp_path: Path) -> None:
+def test_a_large_input_takes_the_child_only_with_a_second_core(tmp_path: Path) -> None:
     inputs = _file(tmp_path, 2 * CHILD_MIN_BYTES)
-    assert _auto(inputs, FREE)
-    assert _auto(inputs, Machine(cores=2, load=1.0))  # exactly one core's worth of other work
-    assert not _auto(inputs, BUSY)
-    assert not _auto(inputs, Machine(cores=1, load=0.0))
-    assert _auto(inputs, Machine(cores=8, load=6.5))
+    assert _auto(inputs, TWO)
+    assert _auto(inputs, 8)
+    assert not _auto(inputs, 1)
 
 
 def test_several_files_count_together(tmp_path: Path) -> None:
     first = _file(tmp_path, CHILD_MIN_BYTES // 2 + 100, "a.csv")
     second = _file(tmp_path, CHILD_MIN_BYTES // 2 + 100, "b.csv")
-    assert _auto(InputSettings(paths=first.paths + second.paths), FREE)
-    assert not _auto(first, FREE)
+    assert _auto(InputSettings(paths=first.paths + second.paths), TWO)
+    assert not _auto(first, TWO)
 
 
 def test_an_input_that_may_reach_a_producer_state_always_takes_the_child(tmp_path: Path) -> None:
-    """States are written by the child only: a resume must not lose them to a busy machine."""
+    """States are written by the child only: a resume must not lose them, even on one core."""
     rows = 500
     inputs = _file(tmp_path, rows * SHORTEST_ROW_BYTES + 6)
-    for machine in (BUSY, Machine(cores=1, load=0.0)):
-        assert _auto(inputs, machine, state_rows=rows)
-        assert not _auto(inputs, machine, state_rows=rows + 10)
+    for cores in (1, TWO):
+        assert _auto(inputs, cores, state_rows=rows)
+        assert not _auto(inputs, cores, state_rows=rows + 10)
 
 
 def test_gzip_takes_the_child_and_stdin_and_missing_files_do_not(tmp_path: Path) -> None:
     packed = tmp_path / "numbers.csv.gz"
     packed.write_bytes(gzip.compress(b"phone\n9876543210\n"))
-    assert _auto(InputSettings(paths=(str(packed),)), BUSY)
-    assert not _auto(InputSettings(paths=("-",)), FREE)
-    assert not _auto(InputSettings(paths=(str(tmp_path / "absent.csv"),)), FREE)
+    assert _auto(InputSettings(paths=(str(packed),)), 1)
+    assert not _auto(InputSettings(paths=("-",)), TWO)
+    assert not _auto(InputSettings(paths=(str(tmp_path / "absent.csv"),)), TWO)
 
 
 @pytest.mark.parametrize(
