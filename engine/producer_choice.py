@@ -7,7 +7,7 @@ core to read it on. So ``auto`` takes the child when
 
 - the input may hold enough rows for a producer state (see ``--producer-state-rows``): states,
   which let a resume skip re-reading, are stored by the child only, so a large input always gets
-  it, whatever the machine; or a gzip file, whose rows cannot be told from its size;
+  it, whatever the machine; or a gzip file or a pipe, whose rows cannot be told from a size;
 - otherwise, when the input is at least :data:`CHILD_MIN_BYTES` and this process may run on
   two cores or more.
 
@@ -23,8 +23,8 @@ Standard input is always read inline (the pipeline's own rule: a pipe cannot be 
 
 from __future__ import annotations
 
-import contextlib
 import os
+import stat
 from dataclasses import dataclass
 
 from engine.settings import InputSettings
@@ -63,9 +63,9 @@ def choose_producer(
         return ProducerChoice(False, "--producer inline")
     if inputs.from_stdin:
         return ProducerChoice(False, "standard input is read inline")
-    size, packed = _input_bytes(inputs.paths)
-    if packed:
-        return ProducerChoice(True, "a gzip input (its rows cannot be told from its size)")
+    size, hidden = _input_bytes(inputs.paths)
+    if hidden:
+        return ProducerChoice(True, "a gzip input or a pipe: its rows cannot be told from a size")
     if size // SHORTEST_ROW_BYTES >= state_rows:
         return ProducerChoice(True, f"{_mb(size)} of input: large enough for producer states")
     if size < CHILD_MIN_BYTES:
@@ -77,14 +77,24 @@ def choose_producer(
 
 
 def _input_bytes(paths: tuple[str, ...]) -> tuple[int, bool]:
-    """The inputs' total size, and whether any is gzip (a file that cannot be read counts 0:
-    reading it says what is wrong)."""
-    total, packed = 0, False
+    """The inputs' total size, and whether any may hide its rows (gzip, or not a regular file).
+
+    Only regular files are opened: a pipe or FIFO (``<(zcat ...)``) opened and closed here
+    would lose bytes or leave its writer without a reader. A file that cannot be read counts
+    0 (reading it says what is wrong).
+    """
+    total, hidden = 0, False
     for path in paths:
-        with contextlib.suppress(OSError), open(path, "rb") as handle:
-            packed = packed or handle.read(2) == GZIP_MAGIC
-            total += os.fstat(handle.fileno()).st_size
-    return total, packed
+        try:
+            if not stat.S_ISREG(os.stat(path).st_mode):
+                hidden = True
+                continue
+            with open(path, "rb") as handle:
+                hidden = hidden or handle.read(2) == GZIP_MAGIC
+                total += os.fstat(handle.fileno()).st_size
+        except OSError:
+            continue
+    return total, hidden
 
 
 def _mb(size: int) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -65,6 +66,13 @@ def test_gzip_takes_the_child_and_stdin_and_missing_files_do_not(tmp_path: Path)
     assert _auto(InputSettings(paths=(str(packed),)), 1)
     assert not _auto(InputSettings(paths=("-",)), TWO)
     assert not _auto(InputSettings(paths=(str(tmp_path / "absent.csv"),)), TWO)
+
+
+def test_a_fifo_is_never_opened_and_goes_to_the_child(tmp_path: Path) -> None:
+    """Opening a pipe to look at it would block here, or take bytes from the producer."""
+    fifo = tmp_path / "numbers.fifo"
+    os.mkfifo(fifo)
+    assert _auto(InputSettings(paths=(str(fifo),)), 1)  # returns: nothing opened it
 
 
 @pytest.mark.parametrize(
