@@ -762,8 +762,9 @@ def fast_server(ctx: Context) -> Result:
     ran = (
         f"`ozbulk delete` (checkpoint on, --rate 0, --no-progress --yes, concurrency "
         f"{FAST_CONCURRENCY}) vs benchmarks/hand_loop.py (same concurrency) against two servers: "
-        "nginx (benchmarks/nginx.py: one worker answering every DELETE with the fixed success "
-        "verdict, a fraction of a core) and the suite's Python `raw` server (most of a core); "
+        "nginx (benchmarks/nginx.py: one worker answering every DELETE with a success verdict "
+        "naming its numbers, a fraction of a core) and the suite's Python `raw` server (most of "
+        "a core); "
         f"{', '.join(f'{rows:,}' for rows in rows_list)}-row CSVs; against nginx also `ozbulk "
         f"--producer inline`; {pairs} alternating rounds per size and server; whole process "
         "(start-up included): numbers/s = numbers sent ÷ wall time, CPU = user + system of the "

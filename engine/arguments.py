@@ -17,6 +17,7 @@ from typing import Any, NamedTuple, NoReturn
 from engine import exporters
 from engine import settings as defaults
 from engine.errors import exit_codes_help
+from engine.producer_choice import DEFAULT_PRODUCER, PRODUCER_CHOICES
 from engine.rates import parse_rate
 from engine.telemetry_report import PLOT_HELP, PLOT_NAME
 
@@ -194,10 +195,12 @@ def _add_delete_options(run: argparse.ArgumentParser) -> None:
     )
     speed.add_argument(
         "--producer",
-        choices=("process", "inline"),
-        default="process",
-        help="read and normalize the input in a child process, on another core (default), or "
-        "inline in the main process",
+        choices=PRODUCER_CHOICES,
+        default=DEFAULT_PRODUCER,
+        help="read and normalize the input in a child process, on another core, or inline in "
+        "the main process; auto (default) takes the child for an input large enough for "
+        "producer states (see --producer-state-rows) or gzip, or of 1 MB or more on two cores or "
+        "more, and reads inline otherwise: small inputs start faster (-vv says which)",
     )
     speed.add_argument(
         "--producer-state-rows",

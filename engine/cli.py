@@ -35,6 +35,7 @@ from engine.errors import ExitCode, InputFailedMidRun, OzbulkError, UsageError
 from engine.files import check_output_paths, prepare_log_file, write_private_text
 from engine.logs import REDACTOR, setup_logging
 from engine.numbers import Normalizer
+from engine.producer_choice import choose_producer
 from engine.rates import parse_rate
 from engine.redact import RedactingStream
 from engine.report import default_report_dir, summary_json_text
@@ -112,6 +113,13 @@ def _expand(inputs: list[str]) -> tuple[str, ...]:
     return tuple(paths)
 
 
+def _producer_in_child(choice: str, inputs: InputSettings, state_rows: int) -> bool:
+    decided = choose_producer(choice, inputs, state_rows)
+    where = "in a child process" if decided.in_child else "inline"
+    log.debug("the producer runs %s: %s", where, decided.reason)
+    return decided.in_child
+
+
 def settings_from_args(
     args: argparse.Namespace, sources: dict[str, str] | None = None
 ) -> RunSettings:
@@ -161,7 +169,7 @@ def settings_from_args(
         allow_not_found=args.allow_not_found,
         summary_json=args.summary_json,
         report_dir=args.report_dir,
-        producer_process=args.producer == "process",
+        producer_process=_producer_in_child(args.producer, inputs, args.producer_state_rows),
         producer_state_rows=args.producer_state_rows,
         max_response_bytes=args.max_response_bytes,
     )

@@ -132,37 +132,58 @@ def test_the_bare_socket_floor_does_the_hand_loops_job(tmp_path: Path) -> None:
 
 
 def test_nginx_config_answers_the_api_path_only(tmp_path: Path) -> None:
-    """The generated nginx config listens on loopback only, keeps every path in its folder, and
-    answers the delete path (and nothing else) with the raw server's success verdict."""
-    from benchmarks.nginx import API_PATH, config
+    """The generated nginx config listens on loopback only (two ports), keeps every path
+    in its folder, and answers the delete path with a verdict built from the request's numbers."""
+    from benchmarks.nginx import API_PATH, config, verdict_template
 
-    text = config(tmp_path, 8123)
-    assert "listen 127.0.0.1:8123" in text and "daemon off;" in text
+    text = config(tmp_path, 8123, 8124)
+    assert "listen 127.0.0.1:8123" in text and "listen 127.0.0.1:8124;" in text
+    assert "daemon off;" in text
     assert "worker_processes 1;" in text and "root " not in text
     for line in text.splitlines():
         if line.strip().startswith(("pid", "error_log", "client_body_temp_path")):
             assert str(tmp_path) in line
     assert f"location = {API_PATH}" in text
-    assert f"return 200 '{SUCCESS_BODY.decode()}'" in text
+    assert f"return 200 '{verdict_template('$http_x_numbers', '$http_x_deleted')}'" in text
+    assert "proxy_set_header X-Numbers $numbers;" in text
 
 
-def test_nginx_answers_deletes_with_bodies_on_one_connection(tmp_path: Path) -> None:
-    """Where nginx is installed: DELETEs with bodies (small and over the buffer) get the verdict,
-    in turn on one keep-alive connection, so nginx read and discarded every body."""
+def _delete_body(numbers: list[str]) -> bytes:
+    return (
+        b'{"userName":"bench","id":1,"blockNumbers":'
+        + json.dumps(numbers).replace(" ", "").encode()
+        + b"}"
+    )
+
+
+def test_nginx_echoes_each_request_s_numbers_on_one_connection(tmp_path: Path) -> None:
+    """Where nginx is installed: each DELETE gets a verdict naming its own numbers, which ozbulk's
+    check accepts (a full chunk deleted, a short one not found), in turn on one keep-alive
+    connection; a body nginx cannot read in memory gets an empty verdict, never a wrong one."""
     import http.client
 
     from benchmarks.nginx import API_PATH, NginxServer, find_nginx
+    from engine.client import Expected
 
     binary, missing = find_nginx()
     if binary is None:
         pytest.skip(missing)
+    full = [919876500000 + index for index in range(100)]
+    short = [917000000001, 918000000002, 916000000003]
     with NginxServer(binary, tmp_path / "nginx") as server:
         host, port = server.url.removeprefix("http://").split(":")
         connection = http.client.HTTPConnection(host, int(port), timeout=10)
-        for size in (1600, 40_000, 10):
-            connection.request("DELETE", API_PATH, body=b"x" * size)
+        for numbers, deleted in ((full, 100), (short, 0), (full[:99], 0)):
+            connection.request("DELETE", API_PATH, body=_delete_body(list(map(str, numbers))))
             answer = connection.getresponse()
-            assert (answer.status, answer.read()) == (200, SUCCESS_BODY)
+            raw = answer.read()
+            assert answer.status == 200
+            verdict = classify(200, {}, raw, expected=Expected(numbers))
+            assert (verdict.success, verdict.error, verdict.deleted) == (len(numbers), [], deleted)
+        connection.request("DELETE", API_PATH, body=b"x" * 40_000)
+        answer = connection.getresponse()
+        assert answer.status == 200
+        assert json.loads(answer.read())["output"] == {"success": [], "error": [], "deleted": 0}
         connection.request("GET", "/elsewhere")
         assert connection.getresponse().status == 404
         connection.close()

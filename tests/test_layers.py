@@ -24,7 +24,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "instruments": ("pacing", "guard", "telemetry"),
     "producer": (
         "source", "numbers", "batcher", "selection", "state_file", "producer_messages",
-        "producer_child", "producer_process",
+        "producer_child", "producer_process", "producer_choice",
     ),
     "transport": ("refusals", "auth", "client", "workers"),
     "ledger": ("checkpoint", "pass_start", "collector"),

@@ -517,3 +517,24 @@ def test_a_long_pause_is_honoured_and_logged_with_its_reason_and_end(
     assert waited == pytest.approx(86_400.0, abs=0.1)
     assert "server limit reached, Retry-After 24 h 00 min: waiting until" in caplog.text
     assert "(about 24 h 00 min)" in caplog.text
+
+
+def test_the_pacer_s_default_clock_is_the_event_loop_s_as_anyio_reads_it() -> None:
+    """loop_time (read twice a request) is anyio.current_time without the backend lookup: the
+    same value on a loop whose clock jumps, before and after time passes; none outside a loop."""
+    from engine.pacing import loop_time
+
+    async def main() -> list[tuple[float, float]]:
+        readings = [(loop_time(), anyio.current_time())]
+        await anyio.sleep(12.5)
+        readings.append((loop_time(), anyio.current_time()))
+        return readings
+
+    (before, anyio_before), (after, anyio_after) = run_virtual(main)
+    assert (before, after) == (anyio_before, anyio_after)
+    assert after - before == pytest.approx(12.5, abs=1e-6)
+    assert Pacer(None)._clock is loop_time
+    with pytest.raises(Exception) as outside:  # anyio's own error, whatever it is
+        anyio.current_time()
+    with pytest.raises(type(outside.value)):
+        loop_time()
