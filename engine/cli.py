@@ -255,8 +255,9 @@ def cmd_delete(args: argparse.Namespace, argv: list[str], sources: dict[str, str
         return _dry_run(settings, as_json=as_json)
     settings.require_api_key()
     observe = exporters.options_from_args(args)
-    story.info("ozbulk %s: delete, settings %s", package_version(),
-               json.dumps(display_settings(settings), default=str))  # fmt: skip
+    if story.isEnabledFor(logging.INFO):  # the version costs a metadata read: only if told
+        story.info("ozbulk %s: delete, settings %s", package_version(),
+                   json.dumps(display_settings(settings), default=str))  # fmt: skip
     with _source_logs_once():
         plan = make_plan(settings, prescan_allowed=not args.yes, restart=args.restart)
     story.info("%s", plan.render())

@@ -12,7 +12,7 @@ import pytest
 from engine.batcher import accepted_numbers
 from engine.producer_choice import CHILD_MIN_BYTES, SHORTEST_ROW_BYTES, choose_producer
 from engine.settings import STATE_EVERY_ROWS, InputSettings
-from tests.conftest import GROUP, delete_args
+from tests._helpers import GROUP, delete_args
 
 TWO = 2
 

@@ -105,3 +105,23 @@ def test_a_run_that_skips_the_teardown_still_flushes_its_output_and_log(
     failed = run_cli(*args, env=buffered)
     assert failed.returncode == 3, failed.output  # an invalid group: the code survives os._exit
     assert "resume with:" in failed.stdout
+
+
+@pytest.mark.parametrize("args", [("--help",), ("delete", "--help"), ("status", "--help")])
+def test_only_version_reads_the_package_metadata(args: tuple[str, ...], tmp_path) -> None:
+    """The version is looked up when --version asks for it, not built into every parse."""
+    probe = (
+        "import sys\nfrom engine.cli import main\ntry:\n    main(sys.argv[1:])\n"
+        "except SystemExit:\n    pass\nprint('importlib.metadata' in sys.modules, file=sys.stderr)"
+    )
+
+    def reads_metadata(*words: str) -> tuple[bool, str]:
+        done = subprocess.run(
+            [sys.executable, "-c", probe, *words], capture_output=True, text=True, timeout=60,
+            cwd=tmp_path, env=cli_env(), stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+        return done.stderr.strip().splitlines()[-1] == "True", done.stdout
+
+    assert reads_metadata(*args)[0] is False
+    read, shown = reads_metadata("--version")
+    assert read and shown.startswith("ozbulk ") and "unknown" not in shown
