@@ -297,6 +297,20 @@ def _watch(
     return shots, history + list(screen.display)
 
 
+def _run_on_a_terminal(
+    args: list[str], cwd: Path, columns: int, exit_code: int, **watch: Any
+) -> tuple[list[list[str]], list[str]]:
+    """Run ozbulk on a pseudo-terminal of ``columns`` until it exits with ``exit_code``; what
+    :func:`_watch` saw (``watch``: its answer to the prompt, or when to press Ctrl-C)."""
+    process, leader = _spawn(args, cwd, columns)
+    try:
+        shots, final = _watch(process, leader, columns, **watch)
+        assert process.wait(timeout=30) == exit_code, "\n".join(final)
+    finally:
+        os.close(leader)
+    return shots, final
+
+
 def _line(row: Any, columns: int) -> str:
     return "".join(row[index].data for index in range(columns)).rstrip()
 
@@ -350,12 +364,8 @@ def test_display_on_a_pseudo_terminal(fake_api, sample_csv, tmp_path, columns, c
     _, source, args = _run_with_a_display(fake_api, sample_csv, rate=20)
     if confirm:
         args.remove("--yes")
-    process, leader = _spawn(args, tmp_path, columns)
-    try:
-        shots, final = _watch(process, leader, columns, answer=b"yes\n" if confirm else None)
-        assert process.wait(timeout=30) == 0, "\n".join(final)
-    finally:
-        os.close(leader)
+    answer = b"yes\n" if confirm else None
+    shots, final = _run_on_a_terminal(args, tmp_path, columns, 0, answer=answer)
     _check_screens(shots, columns, exact=confirm, total=_accepted(source))
     text = "\n".join(final)
     squashed = re.sub(r"\s+", "", "".join(line.ljust(columns) for line in final))
@@ -374,22 +384,13 @@ def test_a_resume_on_a_pseudo_terminal_starts_from_the_work_done(
     the total is exact (the stop came after the input was read)."""
     # 10 requests a second: the resume's 70 % takes about 2 s, enough screens on a busy machine.
     server, source, args = _run_with_a_display(fake_api, sample_csv, rate=10)
-    process, leader = _spawn(args, tmp_path, columns)
-    try:
-        _watch(process, leader, columns, stop_at=0.3)
-        assert process.wait(timeout=30) == 130
-    finally:
-        os.close(leader)
+    _run_on_a_terminal(args, tmp_path, columns, 130, stop_at=0.3)
     done_before = server.stats()["numbers_deleted"]
     assert 0 < done_before < 2900
     if confirm:
         args.remove("--yes")
-    process, leader = _spawn(args, tmp_path, columns)
-    try:
-        shots, final = _watch(process, leader, columns, answer=b"yes\n" if confirm else None)
-        assert process.wait(timeout=30) == 0, "\n".join(final)
-    finally:
-        os.close(leader)
+    answer = b"yes\n" if confirm else None
+    shots, final = _run_on_a_terminal(args, tmp_path, columns, 0, answer=answer)
     if confirm:
         assert any(line.startswith("  resumes ") for line in final), "\n".join(final)
     _check_screens(shots, columns, exact=True, total=_accepted(source))
