@@ -28,6 +28,7 @@ import stat
 from dataclasses import dataclass
 
 from engine.settings import InputSettings
+from engine.source import GZIP_MAGIC, is_gzip
 
 PRODUCER_CHOICES = ("auto", "process", "inline")
 DEFAULT_PRODUCER = "auto"
@@ -36,7 +37,6 @@ DEFAULT_PRODUCER = "auto"
 CHILD_MIN_BYTES = 1 << 20
 # The shortest row that can hold a number ("9876543210\n"): bytes ÷ this bounds the rows above.
 SHORTEST_ROW_BYTES = 11
-GZIP_MAGIC = b"\x1f\x8b"
 
 
 def usable_cores() -> int:
@@ -90,7 +90,7 @@ def _input_bytes(paths: tuple[str, ...]) -> tuple[int, bool]:
                 hidden = True
                 continue
             with open(path, "rb") as handle:
-                hidden = hidden or handle.read(2) == GZIP_MAGIC
+                hidden = hidden or is_gzip(handle.read(len(GZIP_MAGIC)))
                 total += os.fstat(handle.fileno()).st_size
         except OSError:
             continue
