@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import shlex
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ from typing import Any
 from engine import settings as defaults
 from engine.checkpoint import Checkpoint
 from engine.report import write_not_found, write_report
-from engine.summary import Summary
+from engine.summary import Summary, fit_to_terminal
 from engine.telemetry_report import summary_lines
 
 
@@ -110,7 +111,8 @@ def _count(value: Any) -> str:
     return "unknown" if value is None else f"{value:,}"
 
 
-def render(info: dict[str, Any]) -> str:
+def render(info: dict[str, Any], out: Any = None) -> str:
+    """``ozbulk status`` in words; fitted to ``out`` when it is a terminal."""
     chunks, totals, settings = info["chunks"], info["totals"], info["settings"]
     inputs = ", ".join(str(item.get("path", "?")) for item in info["inputs"])
     identity = info["identity"]
@@ -141,9 +143,10 @@ def render(info: dict[str, Any]) -> str:
         *summary_lines(info.get("telemetry") or {}),
         f"last write   {info['last_write']} ({info['updated_ago_s']} s ago)",
     ]
-    if info["state"] != "complete":
-        lines.append(f"resume with  {info['resume_command']}")
-    return "\n".join(lines)
+    text = fit_to_terminal("\n".join(lines), out)
+    if info["state"] != "complete":  # never wrapped: the command must paste back whole
+        text += f"\nresume with  {info['resume_command']}"
+    return text
 
 
 def show_status(path: Path, *, as_json: bool) -> int:
@@ -152,7 +155,7 @@ def show_status(path: Path, *, as_json: bool) -> int:
         info = describe(checkpoint)
     finally:
         checkpoint.close()
-    print(json.dumps(info, indent=2, sort_keys=True) if as_json else render(info))
+    print(json.dumps(info, indent=2, sort_keys=True) if as_json else render(info, sys.stdout))
     return 0
 
 

@@ -22,8 +22,10 @@ and the reports can use it without the HTTP stack.
 
 from __future__ import annotations
 
+import os
 import re
 import sys
+import textwrap
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -376,6 +378,35 @@ def _gist(reason: str) -> str:
     return gist if len(gist) <= 100 else gist[:99] + "…"
 
 
+# A label, then two spaces or more, then its value: a wrapped line goes on under the value.
+_LABELLED = re.compile(r"\s*\S.*?\s{2,}(?=\S)")
+
+
+def fit_to_terminal(text: str, out: Any) -> str:
+    """``text`` with each line too long for the terminal ``out`` wrapped under its value.
+
+    Only for a terminal: piped or redirected output keeps one line per fact, for grep. Words
+    and paths are never broken (one longer than the screen overflows instead), so whatever is
+    copied from the screen reads as it was written.
+    """
+    try:
+        width = os.get_terminal_size(out.fileno()).columns if out.isatty() else 0
+    except (AttributeError, OSError, ValueError):
+        width = 0
+    if width < 40:  # not a terminal, or too narrow for a hanging indent to help
+        return text
+    lines: list[str] = []
+    for line in text.splitlines():
+        if len(line) <= width:
+            lines.append(line)
+            continue
+        label = _LABELLED.match(line)
+        indent = label.end() if label is not None and label.end() <= width // 2 else 4
+        lines += textwrap.wrap(line, width, subsequent_indent=" " * indent,
+                               break_long_words=False, break_on_hyphens=False)  # fmt: skip
+    return "\n".join(lines)
+
+
 def print_summary(
     summary: Summary,
     *,
@@ -384,10 +415,11 @@ def print_summary(
     quiet: bool = False,
     out: Any = None,
 ) -> None:
-    """The summary in words (unless quiet), then the one-line result and how to resume."""
+    """The summary in words (unless quiet), then the one-line result and how to resume (the
+    command is never wrapped: it must paste back whole)."""
     out = out or sys.stdout
     if not quiet:
-        print(render_summary(summary, paths=paths), file=out)
+        print(fit_to_terminal(render_summary(summary, paths=paths), out), file=out)
     print(result_line(summary), file=out)
     if resume:
         print(resume, file=out)

@@ -379,3 +379,68 @@ def test_the_summary_imports_no_stage_and_the_demo_no_command_line() -> None:
     assert not _imported_by("summary") & {"engine.pipeline", "engine.client", "engine.workers"}
     assert "engine.summary" in _imported_by("demo")
     assert "engine.cli" not in _imported_by("demo")
+
+
+def _terminal(columns: int) -> tuple[Any, int]:
+    """A pseudo-terminal ``columns`` wide: its writable end as a file, and the reading end."""
+    import fcntl
+    import os
+    import pty
+    import struct
+    import termios
+
+    leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, columns, 0, 0))
+    return os.fdopen(follower, "w"), leader
+
+
+def _read_all(leader: int) -> str:
+    """Everything written to the terminal so far (a pty hands it over in pieces)."""
+    import os
+    import select
+
+    data = b""
+    while select.select([leader], [], [], 0.2)[0]:
+        data += os.read(leader, 1 << 16)
+    return data.decode()
+
+
+def test_the_summary_fits_an_80_column_terminal_and_stays_whole_when_piped() -> None:
+    """Lines longer than the terminal wrap under their value, never inside a word or a path;
+    the resume command is never wrapped; output that is not a terminal is left as it is."""
+    import io
+    import os
+
+    from engine.summary import fit_to_terminal, print_summary
+
+    path = "/srv/exports/2026-12/cleanup-run.ckpt.report/"
+    text = "\n".join([
+        "ozbulk summary",
+        "  latency admitted  n=1,234,567 p50 1.181 ms, p90 1.671, p95 4.334, p99 8.063, max 8.063",
+        f"  report       {path} (summary.json, errors.csv, rejected.csv, failed_chunks.csv)",
+        "  short        line",
+    ])  # fmt: skip
+    terminal, leader = _terminal(80)
+    try:
+        fitted = fit_to_terminal(text, terminal).splitlines()
+        assert max(map(len, fitted)) <= 80 < max(map(len, text.splitlines()))
+        assert fitted[0] == "ozbulk summary" and fitted[-1] == "  short        line"
+        assert fitted[2].startswith(" " * 20) and not fitted[2].startswith(" " * 21)  # value col
+        assert path in "\n".join(fitted)  # a path is never broken
+        assert " ".join(" ".join(fitted).split()) == " ".join(text.split())  # no word lost
+        resume = "resume with: ozbulk delete " + " ".join(["numbers.csv"] * 10)
+        summary = Summary.of_run(
+            InputCounts(rows=1, accepted=1, chunks=1, finished=True), Totals(),
+            {"requests": 0, "retries": 0, "rate_limited": 0, "token_refreshes": 0, "passes": 1,
+             "server_limit": None},
+            this_pass=PassFigures(0, 0, 0.0, 0.0), checkpoint="c", fingerprint="f", telemetry={},
+        )  # fmt: skip
+        print_summary(summary, resume=resume, out=terminal)
+        terminal.flush()
+        shown = _read_all(leader).replace("\r\n", "\n").splitlines()
+        assert resume in shown and max(map(len, shown[:-2])) <= 80
+    finally:
+        terminal.close()
+        os.close(leader)
+    piped = io.StringIO()
+    assert fit_to_terminal(text, piped) == text
