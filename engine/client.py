@@ -72,6 +72,8 @@ class Expected:
 
     numbers: Sequence[int]
     write: Callable[[int], str] = str
+    # The request's JSON array of the numbers (engine.numbers.numbers_json), when known.
+    sent_json: bytes = b""
     _forms: dict[str, int] | None = field(default=None, repr=False)
     _sent: set[int] | None = field(default=None, repr=False)
 
@@ -82,9 +84,13 @@ class Expected:
     def all_sent_once(self, items: list[object]) -> bool:
         """True if ``items`` name numbers that were sent, none twice.
 
-        The usual answer names each number as ``+`` and its digits, which ``int`` reads as the
-        number itself: one set comparison decides it. Anything else is matched item by item.
+        The usual answer lists every number sent, in the order sent, as sent or as ``+`` and
+        its digits: a comparison of two byte strings decides it. Next, names that ``int`` reads
+        as the number itself decide it with one set comparison. Anything else is matched item
+        by item.
         """
+        if self._in_order_as_sent(items):
+            return True
         sent = self._sent
         if sent is None:
             sent = self._sent = set(self.numbers)
@@ -102,6 +108,23 @@ class Expected:
                 return False
             seen.add(number)
         return True
+
+    def _in_order_as_sent(self, items: list[object]) -> bool:
+        """Whether ``items`` are the numbers of ``sent_json``, in order, as sent or in + form.
+
+        The answer's strings are joined with a newline, which no number sent contains: equal
+        joins of equally many strings are equal lists. It costs a few microseconds a chunk,
+        against some twenty for reading every name as a number.
+        """
+        if not self.sent_json or len(items) != len(self.numbers):
+            return False
+        try:
+            named = "\n".join(items).encode()  # type: ignore[arg-type]
+        except (TypeError, UnicodeEncodeError):  # a name that is no string, or no text
+            return False
+        # The array holds plain digit strings (written by numbers_json): nothing is escaped.
+        sent = self.sent_json[2:-2].replace(b'","', b"\n")
+        return named == sent or named == b"+" + sent.replace(b"\n", b"\n+")
 
     def number_of(self, item: object) -> int | None:
         """The number sent that ``item`` of an answer's list names, or None if none was."""
@@ -159,7 +182,7 @@ def check_verdict(output: dict[str, object], expected: Expected | None, status: 
             )
         if deleted + len(error) > sent:
             raise impossible(f"deleted {deleted} and {len(error)} in error of {sent} sent")
-        if not expected.all_sent_once([*success, *error]):
+        if not expected.all_sent_once([*success, *error] if error else success):
             raise impossible("it names a number that was not sent, or one sent once twice")
     return Verdict(len(success), [str(item) for item in error], deleted)
 

@@ -166,6 +166,9 @@ class LimitModel:
         self._round_trips: deque[float] = deque(maxlen=RTT_SAMPLES)
         self.refusals = 0
         self.learned_at: float | None = None  # wall clock, when the current limit was found
+        # Whether any upper bound was ever set (a prior or a refusal): until then no shape is
+        # constrained, and an admission need not ask the eleven of them on every answer.
+        self._bounded = prior is not None
         if prior is not None:
             self._start_from(prior)
 
@@ -187,12 +190,13 @@ class LimitModel:
         self._answered.append(answered)
         self._appended += 1
         self._trim(answered)
-        if self.constrained:
+        if self._bounded and self.constrained:
             self._apply_admissions()
 
     def refused(self, departed: float, answered: float, in_flight: int) -> None:
         """The server refused a request; ``in_flight`` others had left and were not yet answered."""
         self.refusals += 1
+        self._bounded = True
         self._apply_admissions()
         alive = [h for h in self.hypotheses if h.alive]
         for hypothesis in alive:

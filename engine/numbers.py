@@ -23,8 +23,10 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING
+
+import orjson
 
 from engine.errors import UsageError
 from engine.settings import NumberFormat
@@ -361,6 +363,11 @@ def _lengths_text(unordered: set[int]) -> str:
     if lengths == list(range(lengths[0], lengths[-1] + 1)):
         return f"{lengths[0]} to {lengths[-1]}"
     return ", ".join(map(str, lengths[:-1])) + f" or {lengths[-1]}"
+
+
+def numbers_json(numbers: Iterable[int], write: Callable[[int], str]) -> bytes:
+    """The request's JSON array of ``numbers``, each written by ``write`` (see formatter)."""
+    return orjson.dumps(list(map(write, numbers)))
 
 
 def formatter(number_format: NumberFormat, country_code: int) -> Callable[[int], str]:

@@ -24,13 +24,11 @@ from array import array
 from pathlib import Path
 from typing import BinaryIO
 
-import orjson
-
 from engine import state_file
 from engine.batcher import Producer, ProducerState
 from engine.errors import InputError
 from engine.files import PRIVATE_FILE, make_private_dir
-from engine.numbers import Normalizer, formatter
+from engine.numbers import Normalizer, formatter, numbers_json
 from engine.producer_messages import (
     FRAME_HEADER,
     Batch,
@@ -166,7 +164,7 @@ def produce(job: Job, frames: FrameWriter) -> None:
             # The request's array is encoded here, on the producer's core, not the loop's; the
             # numbers and their origins travel as machine arrays, which unpickle as one copy
             # each instead of three hundred int objects.
-            payload = orjson.dumps(list(map(write, chunk.numbers)))
+            payload = numbers_json(chunk.numbers, write)
             chunks.append((chunk.id, array("q", chunk.numbers), array("I", chunk.files),
                            array("q", chunk.lines), payload))  # fmt: skip
         else:

@@ -37,6 +37,7 @@ from engine.errors import (
     TransportError,
 )
 from engine.guard import FirstContact
+from engine.numbers import numbers_json
 from engine.pacing import Pacer
 from engine.records import Chunk, ChunkResult, LiveStats, Verdict
 from engine.telemetry import Telemetry
@@ -93,11 +94,10 @@ class _Attempts:
 
 async def send_chunk(chunk: Chunk, context: WorkerContext) -> ChunkResult | None:
     """Send one chunk until it has a verdict; None if the run is stopping before it has one."""
-    if chunk.payload:  # encoded by the producer process, off this event loop's core
-        body = context.client.body_from_json(chunk.payload)
-    else:
-        body = context.client.body(list(map(context.write, chunk.numbers)))
-    expected = Expected(chunk.numbers, context.write)
+    # The producer process encodes the numbers off this event loop's core.
+    sent = chunk.payload or numbers_json(chunk.numbers, context.write)
+    body = context.client.body_from_json(sent)
+    expected = Expected(chunk.numbers, context.write, sent)
     attempts = _Attempts()
     while True:
         ticket, waited = await context.telemetry.turn(context.pacer.acquire(context.stopping))

@@ -28,6 +28,7 @@ from engine.batcher import accepted_numbers
 from engine.client import Expected, OzonetelClient, classify
 from engine.errors import AuthError, FatalApiError, ServerError, TransportError
 from engine.mock.state import DELETE_PATH, TOKEN_PATH
+from engine.numbers import numbers_json
 from engine.redact import REDACTOR, Redactor, redact_url, snippet
 from engine.settings import InputSettings, RunSettings, Secret
 from tests._helpers import API_KEY, USER, CliResult, cli_env, delete_args, ozbulk_command
@@ -62,14 +63,35 @@ def answer(output: dict[str, Any], status: int = 200) -> bytes:
         ({"success": "all", "error": [], "deleted": 0}, "not a list"),
     ],
 )
+@pytest.mark.parametrize("sent_json", [b"", numbers_json(SENT, WRITE)], ids=["numbers", "json"])
 def test_an_impossible_verdict_is_a_server_error_never_a_count(
-    output: dict[str, Any], why: str
+    output: dict[str, Any], why: str, sent_json: bytes
 ) -> None:
-    """Counts above what was sent, wrong types, numbers never sent: a ServerError naming why."""
+    """Counts above what was sent, wrong types, numbers never sent: a ServerError naming why,
+    whether or not the request's JSON is known (it gives the check a faster first test)."""
     with pytest.raises(ServerError, match="impossible answer") as caught:
-        classify(200, {}, answer(output), expected=Expected(SENT, WRITE))
+        classify(200, {}, answer(output), expected=Expected(SENT, WRITE, sent_json))
     assert why in str(caught.value)
     assert caught.value.may_have_applied  # the chunk is in doubt when it is sent again
+
+
+@pytest.mark.parametrize("write", [str, lambda number: f"+{number}"], ids=["digits", "e164"])
+def test_the_numbers_sent_named_in_order_are_matched_as_bytes(write: Callable[[int], str]) -> None:
+    """The usual answer (every number, in order, as sent or in + form) is decided by comparing
+    bytes; an answer that only looks like it on the bytes is left to the full check."""
+    expected = Expected(SENT, write, numbers_json(SENT, write))
+    plus = [f"+{number}" for number in SENT]
+    assert expected._in_order_as_sent(plus)
+    assert expected._in_order_as_sent([write(number) for number in SENT])
+    assert not expected._in_order_as_sent(plus[::-1])  # the full check takes it from here
+    assert expected.all_sent_once(plus[::-1])
+    assert not expected._in_order_as_sent(plus[:2])
+    # One string holding two numbers and an empty one: as many items, joined differently.
+    glued = ["\n".join(plus[:2]), "", plus[2]]
+    assert not expected._in_order_as_sent(glued)
+    assert not expected.all_sent_once(glued)
+    assert not expected._in_order_as_sent([1, 2, 3])
+    assert not Expected(SENT, write)._in_order_as_sent(plus)  # no JSON known: no shortcut
 
 
 def test_a_true_verdict_in_any_form_the_server_uses_is_believed() -> None:
