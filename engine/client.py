@@ -520,6 +520,16 @@ async def read_capped(response: aiohttp.ClientResponse, limit: int, where: str) 
     if announced is not None and announced > limit:
         response.close()
         raise _too_large(response.status, where, limit, f"it announces {announced} bytes")
+    content = response.content
+    if content.is_eof():
+        # The whole body came with the headers, as a verdict of a few KB does: take it as it
+        # lies, without the async iteration's round trips through the event loop. It is what
+        # the reader holds, which its flow control keeps small; checked all the same.
+        body = content.read_nowait()
+        if len(body) > limit:
+            response.close()
+            raise _too_large(response.status, where, limit, "it kept coming")
+        return body
     blocks: list[bytes] = []
     size = 0
     async for block in response.content.iter_any():

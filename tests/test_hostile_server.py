@@ -214,6 +214,20 @@ async def test_the_cap_is_a_setting() -> None:
             await delete_once(server, max_response_bytes=10_240)
 
 
+async def test_the_cap_holds_for_an_unannounced_answer_that_arrives_whole() -> None:
+    """A 20 KB chunked answer, no Content-Length, written at once: it is at its end before it is
+    read, and the cap still holds (10 KB fails) without holding back an answer under it."""
+
+    async def unannounced(request: web.Request, server: HostileServer) -> web.StreamResponse:
+        return await stream(request, total=20_000, announce=False)
+
+    with HostileServer(delete=unannounced) as server:
+        with pytest.raises(ServerError, match="10240 bytes"):
+            await delete_once(server, max_response_bytes=10_240)
+        with pytest.raises(ServerError, match="body is not a JSON verdict"):
+            await delete_once(server)  # read whole under the default cap, then judged
+
+
 def test_a_cap_below_a_kilobyte_is_refused() -> None:
     with pytest.raises(Exception, match="--max-response-bytes must be at least 1024"):
         settings_for("http://127.0.0.1:1", max_response_bytes=10)
