@@ -367,6 +367,10 @@ def _lengths_text(unordered: set[int]) -> str:
 
 def numbers_json(numbers: Iterable[int], write: Callable[[int], str]) -> bytes:
     """The request's JSON array of ``numbers``, each written by ``write`` (see formatter)."""
+    if write is str and (values := list(numbers)):
+        # The default form, digits: the integers encoded as JSON, then quoted, in C. A number
+        # has no comma in it; a third of the time of a hundred str() calls and their list.
+        return b'["' + orjson.dumps(values)[1:-1].replace(b",", b'","') + b'"]'
     return orjson.dumps(list(map(write, numbers)))
 
 

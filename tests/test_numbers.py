@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from array import array
+
+import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from engine.errors import UsageError
-from engine.numbers import Normalizer, Rejected, formatter, indian_mobile
+from engine.numbers import Normalizer, Rejected, formatter, indian_mobile, numbers_json
 
 E164 = 919876543210
 
@@ -220,3 +223,16 @@ def test_formatter_writes_the_configured_form():
     assert formatter("digits", 91)(E164) == "919876543210"
     assert formatter("e164", 91)(E164) == "+919876543210"
     assert formatter("national", 91)(E164) == "9876543210"
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.lists(st.integers(1, 10**15 - 1), max_size=100, unique=True),
+    st.sampled_from(["digits", "e164", "national"]),
+)
+def test_numbers_json_is_the_json_array_of_the_written_numbers(numbers, number_format):
+    """The request's array, the digits form's shortcut included, for lists and machine arrays."""
+    write = formatter(number_format, 91)
+    wanted = orjson.dumps([write(number) for number in numbers])
+    assert numbers_json(numbers, write) == wanted
+    assert numbers_json(array("q", numbers), write) == wanted
