@@ -450,18 +450,26 @@ class StoryOnly:
 class LogDisplay:
     """One log line every ``interval`` seconds, for logs, CI and pipes."""
 
-    def __init__(self, interval: float = 10.0, expected: Expected | None = None) -> None:
+    def __init__(
+        self,
+        interval: float = 10.0,
+        expected: Expected | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.interval = interval
-        self.meter = Meter(expected or Expected())
+        self.meter = Meter(expected or Expected(), clock)
         self.story = Story()
+        self._clock = clock
 
     async def run(self, run: RunView) -> None:
-        self.meter.read(run)  # the first sample of the rates
-        next_line = time.monotonic() + self.interval
+        next_line = self._clock() + self.interval
         while True:
             self.story.observe(run)
+            # Sampled every tick, not only when a line is due: the rates (and so the ETA) need
+            # two samples since the first answer, and the first line must already show them.
+            self.meter.read(run)
             await anyio.sleep(min(STORY_TICK_S, self.interval))
-            if time.monotonic() >= next_line:
+            if self._clock() >= next_line:
                 next_line += self.interval
                 self.emit(self.meter.read(run))
 

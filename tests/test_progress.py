@@ -17,8 +17,10 @@ import termios
 import time
 from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
+import anyio
 import pyte
 import pytest
 
@@ -30,13 +32,17 @@ from engine.progress import (
     RATE_WINDOW_S,
     Expected,
     Figures,
+    LogDisplay,
     Meter,
     clock_text,
     estimate_total,
     pacer_view,
     render_lines,
 )
+from engine.records import InputCounts, LiveStats, Totals
 from tests._helpers import GROUP, cli_env, delete_args, ozbulk_command
+from tests.virtual_time import now as virtual_now
+from tests.virtual_time import run_virtual
 
 FIGURES = Figures(
     elapsed=3723.0,
@@ -65,6 +71,7 @@ class _Pacer:
     waiting_until = None
     limit = None  # nothing learned: the ETA follows the recent rate
     ceiling = None
+    rate = None
 
 
 def _imported_modules(path: Path) -> set[str]:
@@ -473,3 +480,40 @@ def test_an_unattended_run_shows_a_true_eta_at_80_by_24(fake_api, sample_csv, tm
     for when, eta in checked:
         left = ended - when
         assert abs(eta - left) <= 0.2 * left + 1.5, (when, eta, left)
+
+
+def test_an_unattended_runs_first_log_line_has_a_rate_and_an_eta(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A run answering 1,000 numbers a second from its first second: the first progress line of
+    the log (at 10 s) says about 1,000 num/s and an ETA, not 0.0 num/s and -:--:--."""
+    totals, stats, counts = Totals(), LiveStats(), InputCounts(accepted=50_000, finished=True)
+    run = SimpleNamespace(
+        collector=SimpleNamespace(totals=totals, token_refreshes=lambda: 0),
+        stats=stats, source=SimpleNamespace(counts=counts, bytes_read=0), pacer=_Pacer(),
+    )  # fmt: skip
+    display = LogDisplay(expected=Expected(total=50_000, exact=True), clock=virtual_now)
+
+    async def answers() -> None:
+        while True:
+            await anyio.sleep(0.1)
+            totals.sent += 100
+            totals.numbers_finished_this_pass += 100
+            stats.requests += 1
+
+    async def main() -> None:
+        async with anyio.create_task_group() as group:
+            group.start_soon(answers)
+            group.start_soon(display.run, run)
+            await anyio.sleep(10.5)
+            group.cancel_scope.cancel()
+
+    with caplog.at_level(logging.INFO, logger="engine.progress"):
+        run_virtual(main)
+    lines = [record.getMessage() for record in caplog.records if "progress:" in record.getMessage()]
+    assert len(lines) == 1, lines
+    found = re.search(r"ETA (\d+):(\d\d):(\d\d);.*; ([\d,.]+) num/s", lines[0])
+    assert found is not None, lines[0]
+    assert float(found.group(4).replace(",", "")) == pytest.approx(1_000, rel=0.05)
+    eta = int(found.group(1)) * 3600 + int(found.group(2)) * 60 + int(found.group(3))
+    assert eta == pytest.approx(40, abs=2)  # 40,000 numbers left at 1,000 a second
