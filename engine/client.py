@@ -32,6 +32,7 @@ from urllib.parse import urlsplit
 import aiohttp
 import anyio
 import orjson
+from yarl import URL
 
 from engine.auth import ApiKeyAuth, Auth, TokenAuth
 from engine.errors import (
@@ -390,7 +391,8 @@ class OzonetelClient:
         # it, so that the requests after it leave room for it in the server's window.
         self.pacer = pacer
         self._session = session
-        self._url = settings.url
+        # Parsed once: given a string, aiohttp parses the URL again for every request.
+        self._url = URL(settings.url)
         self._where = _without_userinfo(settings.url)
         self._max_bytes = settings.max_response_bytes
         self._prefix = orjson.dumps({"userName": settings.user, "id": settings.group_id})[:-1]
