@@ -18,7 +18,6 @@ import logging
 import os
 import pickle
 import signal
-import sys
 import traceback
 from array import array
 from pathlib import Path
@@ -176,19 +175,29 @@ def produce(job: Job, frames: FrameWriter) -> None:
 
 
 def main() -> None:
-    """Read the job from stdin, produce to the real stdout, exit; never raise."""
+    """``python -m engine.producer_child``: the job on stdin, the frames to the real stdout."""
+    serve(0, os.dup(1))
+
+
+def serve(job: int, out: int) -> None:
+    """Read the job from descriptor ``job``, write the frames to ``out``; never raise.
+
+    A forked child (see :mod:`engine.producer_process`) starts here too, with pipes of its own.
+    """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    # The frames go to a private copy of stdout; fd 1 itself now points at stderr.
-    out = os.fdopen(os.dup(1), "wb", buffering=1 << 17)
+    # Nothing but the frames may reach the parent through ``out``, nor its standard output
+    # through fd 1: a stray print goes to stderr.
     os.dup2(2, 1)
-    frames = FrameWriter(out)
+    stream = os.fdopen(out, "wb", buffering=1 << 17)
+    frames = FrameWriter(stream)
     root = logging.getLogger()
     root.handlers[:] = [_ShipLogs(frames)]
     root.setLevel(logging.INFO)
     try:
-        job: Job = pickle.loads(sys.stdin.buffer.read())
-        produce(job, frames)
+        with os.fdopen(job, "rb") as job_stream:
+            request: Job = pickle.loads(job_stream.read())
+        produce(request, frames)
     except InputError as error:
         frames.send(InputFailed(error.reason, error.file, error.line))
     except (BrokenPipeError, ConnectionResetError):
@@ -198,7 +207,7 @@ def main() -> None:
             frames.send(Crashed(traceback.format_exc()))
     finally:
         with contextlib.suppress(OSError):
-            out.close()
+            stream.close()
 
 
 if __name__ == "__main__":

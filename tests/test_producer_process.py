@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import logging
 import os
 import pickle
@@ -241,22 +242,68 @@ def test_a_prestarted_child_is_the_one_that_produces(sample_csv, monkeypatch) ->
     assert producer_process._prestarted is None  # taken: a second run starts its own
 
 
-def test_a_prestarted_child_never_given_a_job_ends_with_its_parent(tmp_path: Path) -> None:
+# Another thread, as a library might start one: the child is then started as a command.
+_A_THREAD = (
+    "import threading; threading.Thread(target=threading.Event().wait, daemon=True).start();"
+)
+
+
+@pytest.mark.parametrize("started", ["forked", "command"])
+def test_a_prestarted_child_never_given_a_job_ends_with_its_parent(started: str) -> None:
     """A process that prestarts a child and exits (even by kill -9) leaves no child behind."""
     probe = (
-        "import os, sys, engine.producer_process as p; p.prestart();"
-        "print(p._prestarted.pid, flush=True);"
+        (_A_THREAD if started == "command" else "")
+        + "import os, sys, engine.producer_process as p; p.prestart();"
+        "print(p._prestarted.pid, type(p._prestarted).__name__, flush=True);"
         "os.kill(os.getpid(), 9) if sys.argv[1] == 'kill' else None"
     )
     for how in ("exit", "kill"):
         done = subprocess.run(
             [sys.executable, "-c", probe, how], capture_output=True, text=True, timeout=60
         )
-        child = int(done.stdout.split()[0])
+        child, kind = done.stdout.split()
+        assert kind == ("Forked" if started == "forked" else "Popen")
         deadline = time.monotonic() + 10
-        while _alive(child) and time.monotonic() < deadline:
+        while _alive(int(child)) and time.monotonic() < deadline:
             time.sleep(0.02)
-        assert not _alive(child), how
+        assert not _alive(int(child)), how
+
+
+@pytest.mark.parametrize("started", ["forked", "command"])
+def test_a_forked_or_command_child_gives_what_the_producer_gives(started: str, sample_csv) -> None:
+    """Forked (no other thread runs: no interpreter to start, no imports) or started as a command
+    (another thread runs, which a fork would not copy): the same chunks, counts and rejects as
+    the producer in this process, and the child is waited for."""
+    source = sample_csv(5_000)
+    probe = (
+        (_A_THREAD if started == "command" else "")
+        + "import json, sys, anyio, engine.producer_process as p\n"
+        "from pyroaring import BitMap\n"
+        "from engine.selection import Selection\n"
+        "EVERYTHING = Selection.build(done=BitMap(), failed=BitMap(), retry_failed=False)\n"
+        "from engine.settings import InputSettings\n"
+        "p.prestart(); kind = type(p._prestarted).__name__\n"
+        "rejects = []\n"
+        "source = p.ProducerProcess(InputSettings(paths=(sys.argv[1],)), EVERYTHING, "
+        "rejects.append)\n"
+        "async def run(): return [[c.id, list(c.numbers), list(c.lines)] "
+        "async for c in source.chunks()]\n"
+        "chunks = anyio.run(run)\n"
+        "print(json.dumps([kind, chunks, [[r.line, r.reason] for r in rejects], source.counts.rows,"
+        " p.Path(f'/proc/{source.pid}').exists()]))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe, str(source)], capture_output=True, text=True, timeout=120,
+        check=True,
+    )  # fmt: skip
+    kind, chunks, rejects, rows, child_left = json.loads(done.stdout)
+    assert kind == ("Forked" if started == "forked" else "Popen")
+    wanted_rejects: list[Reject] = []
+    producer = Producer(InputSettings(paths=(str(source),)), Normalizer(), wanted_rejects.append)
+    wanted = [[c.id, list(c.numbers), list(c.lines)] for c in producer.chunks()]
+    assert chunks == wanted and rows == 5_000
+    assert rejects == [[r.line, r.reason] for r in wanted_rejects] and rejects
+    assert not child_left  # reaped, not a zombie
 
 
 def _alive(pid: int) -> bool:
