@@ -253,22 +253,32 @@ class Forked:
 
     def poll(self) -> int | None:
         if self.returncode is None:
-            pid, status = os.waitpid(self.pid, os.WNOHANG)
-            if pid:
-                self.returncode = os.waitstatus_to_exitcode(status)
+            self._reap(os.WNOHANG)
         return self.returncode
 
     def wait(self) -> int:
         if self.returncode is None:
-            _, status = os.waitpid(self.pid, 0)
-            self.returncode = os.waitstatus_to_exitcode(status)
+            self._reap(0)
+        assert self.returncode is not None
         return self.returncode
+
+    def _reap(self, options: int) -> None:
+        try:
+            pid, status = os.waitpid(self.pid, options)
+        except ChildProcessError:  # reaped by someone else: its exit code is lost
+            self.returncode = UNKNOWN_EXIT
+            return
+        if pid:
+            self.returncode = os.waitstatus_to_exitcode(status)
 
     def kill(self) -> None:
         if self.returncode is None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.pid, signal.SIGKILL)
 
+
+# What a forked child that someone else reaped is taken to have exited with.
+UNKNOWN_EXIT = 255
 
 # A child started ahead of its job (see prestart), waiting for it on its standard input.
 _prestarted: Child | None = None
