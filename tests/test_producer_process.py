@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import io
 import json
 import logging
 import os
@@ -331,3 +332,12 @@ def test_the_pipe_from_the_child_is_widened_so_it_wakes_the_child_less_often() -
         for stream in (process.stdin, process.stdout):
             if stream is not None:
                 stream.close()
+
+
+def test_a_forked_child_reaped_elsewhere_counts_as_ended() -> None:
+    """A forked child someone else waited for: the run sees it ended (code unknown), no crash."""
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()  # reaped here, as other code in the process might
+    forked = producer_process.Forked(child.pid, io.BytesIO(), io.BytesIO())
+    assert forked.poll() == forked.wait() == producer_process.UNKNOWN_EXIT
+    forked.kill()  # ended: nothing to kill, and no error
