@@ -40,7 +40,6 @@ import anyio
 import anyio.lowlevel
 import anyio.to_thread
 
-from engine import producer_child
 from engine.batcher import Producer, RejectSink
 from engine.errors import InputError
 from engine.producer_messages import (
@@ -332,6 +331,9 @@ def _can_fork() -> bool:
 
 
 def _fork_child() -> Forked:
+    # Loaded here, before the fork: the child then has it, and an inline run never loads it.
+    from engine import producer_child
+
     job_read, job_write = os.pipe()
     frames_read, frames_write = os.pipe()
     _widen(frames_read)
