@@ -41,9 +41,7 @@ from engine.redact import RedactingStream
 from engine.report import default_report_dir, summary_json_text
 from engine.settings import InputSettings, RunSettings, Secret
 from engine.source import CsvSource, check_input_path
-from engine.status import write_report_for
 from engine.summary import dry_run_json, print_summary, render_summary, result_line
-from engine.telemetry_report import plot_for
 
 # Each command imports what it runs when it runs: `--help`, `--version`, `status` and `config
 # show` must start in a blink, without the HTTP stack (aiohttp, anyio) that only `delete` uses.
@@ -260,7 +258,8 @@ def cmd_delete(args: argparse.Namespace, argv: list[str], sources: dict[str, str
                    json.dumps(display_settings(settings), default=str))  # fmt: skip
     with _source_logs_once():
         plan = make_plan(settings, prescan_allowed=not args.yes, restart=args.restart)
-    story.info("%s", plan.render())
+    if story.isEnabledFor(logging.INFO):
+        story.info("%s", plan.render())
     _show_plan(plan, as_json=as_json, quiet=args.quiet and args.yes)
     if plan.exact and plan.numbers == 0 and plan.resume is None:
         counts = plan.counts
@@ -290,7 +289,8 @@ def cmd_delete(args: argparse.Namespace, argv: list[str], sources: dict[str, str
     else:
         print_summary(outcome.result, resume=resume_hint(outcome, argv), quiet=args.quiet,
                       out=sys.stderr if to_stdout else sys.stdout)  # fmt: skip
-    story.info("%s", render_summary(outcome.result))
+    if story.isEnabledFor(logging.INFO):
+        story.info("%s", render_summary(outcome.result))
     if outcome.error is not None:
         log.error("%s", outcome.error)  # in full, on stderr and in the log file
     story.info("%s", result)
@@ -359,6 +359,20 @@ def _tell_the_story(verbose: int) -> None:
     for handler in logging.getLogger().handlers:
         if type(handler) is logging.StreamHandler and _not_the_story not in handler.filters:
             handler.addFilter(_not_the_story)
+    # With no handler left to write it (no --log-file), the story is not even composed: its
+    # first line reads the package's metadata for the version.
+    told = _story_reaches_a_handler()
+    logging.getLogger("engine.story").setLevel(logging.NOTSET if told else logging.CRITICAL + 1)
+
+
+def _story_reaches_a_handler() -> bool:
+    """True when a record of the story would pass to a handler that does not filter it out."""
+    logger: logging.Logger | None = story
+    while logger is not None:
+        if any(_not_the_story not in handler.filters for handler in logger.handlers):
+            return True
+        logger = logger.parent if logger.propagate else None
+    return False
 
 
 def _not_the_story(record: logging.LogRecord) -> bool:
@@ -477,6 +491,9 @@ def _dispatch(args: argparse.Namespace, argv: list[str], sources: dict[str, str]
         print(shtab.complete(build_parser(), shell=args.shell))
         return 0
     if command == "report":
+        from engine.status import write_report_for
+        from engine.telemetry_report import plot_for
+
         code = write_report_for(args.checkpoint, args.out)
         return plot_for(args.checkpoint, args.out) if args.plot else code
     raise AssertionError(f"unhandled command {command}")
@@ -496,7 +513,8 @@ def main(argv: list[str] | None = None) -> int:
 def _main(argv: list[str] | None = None) -> int:
     argv = hoist_global_options(list(sys.argv[1:] if argv is None else argv))
     Parser.command = argv[0] if argv and argv[0] in COMMANDS else None
-    parser, layered = build_parsers()
+    # Only the command given declares its options (every one when none is, as for --help).
+    parser, layered = build_parsers(Parser.command)
     verbose = "-v" in argv or "--verbose" in argv or "-vv" in argv
     try:
         sources: dict[str, str] = {}
