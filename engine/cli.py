@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import atexit
 import contextlib
+import gc
 import glob
 import json
 import logging
@@ -244,6 +245,7 @@ def cmd_delete(args: argparse.Namespace, argv: list[str], sources: dict[str, str
     from engine.pipeline import delete, display_settings, open_checkpoint
     from engine.plan import make_plan
 
+    start_up_over()
     as_json = args.log_format == "json"
     if settings.inputs.from_stdin:
         log.warning("reading standard input: this run cannot be resumed if interrupted")
@@ -467,7 +469,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
 def _dispatch(args: argparse.Namespace, argv: list[str], sources: dict[str, str]) -> int:
     command = args.command
     if command == "delete":
-        return cmd_delete(args, argv, sources)
+        return cmd_delete(args, argv, sources)  # once it has loaded the pipeline
+    start_up_over()
     if command == "config":
         return cmd_config(args, sources)
     if command == "sample":
@@ -551,6 +554,27 @@ def _main(argv: list[str] | None = None) -> int:
         return ExitCode.INTERNAL
 
 
+class _StartUp:
+    """Whether :func:`run` paused the cyclic garbage collector while the modules load."""
+
+    collector_paused = False
+
+
+def start_up_over() -> None:
+    """The command has loaded its modules: the cyclic garbage collector resumes, if :func:`run`
+    paused it, and never again walks what start-up made.
+
+    Start-up makes some 70,000 objects (modules, classes, functions) that live as long as the
+    process, and frees almost nothing: each collection while they load walks them all and finds
+    nothing, some 15 ms of a small run's CPU. ``gc.freeze`` then sets them aside for good, so the
+    run's own collections look only at what the run makes.
+    """
+    if _StartUp.collector_paused:
+        _StartUp.collector_paused = False
+        gc.freeze()
+        gc.enable()
+
+
 def run() -> NoReturn:
     """The ``ozbulk`` command: :func:`main`, then an exit that skips the interpreter's teardown.
 
@@ -559,7 +583,12 @@ def run() -> NoReturn:
     must reach a file or the terminal is flushed first, and the atexit handlers run (logging's
     included, which flushes --log-file); the checkpoint and the producer process were closed by
     the run itself. ``main`` stays an ordinary function for callers that go on afterwards.
+
+    The garbage collector is paused until the command has loaded its modules (see
+    :func:`start_up_over`; ``python -m engine`` pauses it before this module loads).
     """
+    _StartUp.collector_paused = True
+    gc.disable()
     code = main()
     try:
         atexit._run_exitfuncs()  # logging.shutdown among them: every handler flushed and closed
