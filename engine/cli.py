@@ -507,10 +507,14 @@ def main(argv: list[str] | None = None) -> int:
     # Everything printed passes the one redactor too, whatever code printed it.
     streams = sys.stdout, sys.stderr
     sys.stdout, sys.stderr = RedactingStream(sys.stdout), RedactingStream(sys.stderr)
+    # The story is muted for this command alone (see _tell_the_story): a caller that goes on
+    # logs it as before.
+    story_level = logging.getLogger("engine.story").level
     try:
         return _main(argv)
     finally:
         sys.stdout, sys.stderr = streams
+        logging.getLogger("engine.story").setLevel(story_level)
 
 
 def _main(argv: list[str] | None = None) -> int:

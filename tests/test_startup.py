@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -142,11 +143,11 @@ NOT_FOR_A_SMALL_RUN = (
 
 # The same entry point, reporting every module loaded and the garbage collector's state.
 PROBE_ALL = """
-import gc, json, sys
+import gc, json, logging, sys
 from engine.cli import main
 code = main(sys.argv[1:])
 report = {"code": code, "modules": sorted(sys.modules), "collecting": gc.isenabled(),
-          "frozen": gc.get_freeze_count()}
+          "frozen": gc.get_freeze_count(), "story": logging.getLogger("engine.story").level}
 print(json.dumps(report), file=sys.stderr)
 """
 
@@ -193,6 +194,7 @@ def test_a_small_delete_loads_only_what_it_runs(fake_api, sample_csv, tmp_path: 
                for unwanted in NOT_FOR_A_SMALL_RUN)
     )  # fmt: skip
     assert loaded == []
+    assert result["story"] == logging.NOTSET  # muted for the run (no --log-file), not after it
 
 
 def test_the_command_collects_garbage_again_once_its_modules_are_loaded(
