@@ -83,13 +83,17 @@ class Parser(argparse.ArgumentParser):
 
 
 def _all_options() -> set[str]:
+    """Every flag of every command. The parser that failed declares only its own command's, so
+    the whole command line is built for the hint: only on a mistake, never on a run's path."""
     names: set[str] = set()
-    for parser in [*ALL_PARSERS]:
+    pending: list[argparse.ArgumentParser] = [build_parser()]
+    while pending:
+        parser = pending.pop()
         names.update(parser._option_string_actions)
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                pending.extend(action.choices.values())
     return names
-
-
-ALL_PARSERS: list[argparse.ArgumentParser] = []
 
 
 def _nearest(message: str) -> str:
@@ -109,7 +113,18 @@ def _nearest(message: str) -> str:
     return f" (did you mean {match[0]}?)" if match else ""
 
 
-COMMANDS = ("delete", "config", "status", "report", "sample", "mock-server", "demo", "completion")
+# Each command and its line in `ozbulk --help`, in that order.
+COMMAND_HELP = {
+    "delete": "delete the numbers in CSV files from a block-number group (resumable)",
+    "config": "show the effective settings (secrets masked)",
+    "status": "show where a checkpointed run stands",
+    "report": "write the report files of a checkpointed run",
+    "sample": "write a realistic sample CSV of phone numbers",
+    "mock-server": "run the embedded fake Ozonetel API",
+    "demo": "delete the sample data from a built-in fake API, end to end",
+    "completion": 'print a shell completion script: eval "$(ozbulk completion bash)"',
+}
+COMMANDS = tuple(COMMAND_HELP)
 SHELLS = ("bash", "zsh")
 GLOBAL_SWITCHES = frozenset({"-v", "-vv", "-vvv", "--verbose", "-q", "--quiet"})
 GLOBAL_WITH_VALUE = frozenset({"--log-file", "--log-format"})
@@ -300,11 +315,15 @@ def _add_delete_options(run: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The command line alone (shell completion reads it)."""
+    """The whole command line, every command's options declared (shell completion reads it)."""
     return build_parsers().root
 
 
-def build_parsers() -> Parsers:
+def build_parsers(command: str | None = None) -> Parsers:
+    """The command line. Given the ``command`` being parsed, only that command declares its
+    options: the others are listed with their help, as ``ozbulk --help`` shows them, and declare
+    nothing, so a run neither builds the options it never parses nor imports what they need (the
+    fake API's, for mock-server). Without one, every command declares its options."""
     parser = Parser(
         prog="ozbulk",
         description="Delete phone numbers in bulk from an Ozonetel CloudAgent block-number group.",
@@ -314,69 +333,84 @@ def build_parsers() -> Parsers:
     parser.add_argument("--version", action=_Version, help="show the version and exit")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     common = _common_options()
-    run = commands.add_parser(
-        "delete",
-        parents=[common],
-        help="delete the numbers in CSV files from a block-number group (resumable)",
-        description="Delete every phone number in the input files from one block-number group, "
-        "100 per request, at a set rate; re-run the same command to resume.",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=DELETE_EXAMPLES + "\n" + EXIT_CODES,
-    )
-    _add_delete_options(run)
-    config = commands.add_parser("config", help="show the effective settings (secrets masked)")
-    config_commands = config.add_subparsers(dest="config_command", metavar="ACTION", required=True)
-    show = config_commands.add_parser(
-        "show",
-        parents=[common],
-        help="print the settings `delete` would use with these options, and where each came from",
-    )
-    _add_delete_options(show)
+    layered: dict[str, argparse.ArgumentParser] = {}
 
-    status = commands.add_parser(
-        "status", parents=[common], help="show where a checkpointed run stands"
-    )
-    status.add_argument("checkpoint", type=Path)
-    status.add_argument("--json", action="store_true", help="machine-readable output")
-    report = commands.add_parser(
-        "report", parents=[common], help="write the report files of a checkpointed run"
-    )
-    report.add_argument("checkpoint", type=Path)
-    report.add_argument("--out", type=Path, required=True, help="folder for the report files")
-    report.add_argument("--plot", action="store_true", help=f"also draw {PLOT_NAME} ({PLOT_HELP})")
-    sample = commands.add_parser(
-        "sample", parents=[common], help="write a realistic sample CSV of phone numbers"
-    )
-    sample.add_argument("out", type=Path, help="file to write")
-    sample.add_argument("--rows", type=int, default=1000, help="data rows (default %(default)s)")
-    sample.add_argument("--seed", type=int, default=7, help="random seed (default %(default)s)")
+    def declares(name: str) -> bool:
+        """True when ``name`` declares its options; otherwise it is listed, and no more."""
+        if command is None or command == name:
+            return True
+        commands.add_parser(name, help=COMMAND_HELP[name])
+        return False
 
-    from engine.mock import command as mock_command
+    if declares("delete"):
+        run = commands.add_parser(
+            "delete",
+            parents=[common],
+            help=COMMAND_HELP["delete"],
+            description="Delete every phone number in the input files from one block-number "
+            "group, 100 per request, at a set rate; re-run the same command to resume.",
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+            epilog=DELETE_EXAMPLES + "\n" + EXIT_CODES,
+        )
+        _add_delete_options(run)
+        layered["delete"] = run
+    if declares("config"):
+        config = commands.add_parser("config", help=COMMAND_HELP["config"])
+        config_commands = config.add_subparsers(
+            dest="config_command", metavar="ACTION", required=True
+        )
+        show = config_commands.add_parser(
+            "show",
+            parents=[common],
+            help="print the settings `delete` would use with these options, and where each came "
+            "from",
+        )
+        _add_delete_options(show)
+        layered["config"] = show
+    if declares("status"):
+        status = commands.add_parser("status", parents=[common], help=COMMAND_HELP["status"])
+        status.add_argument("checkpoint", type=Path)
+        status.add_argument("--json", action="store_true", help="machine-readable output")
+    if declares("report"):
+        report = commands.add_parser("report", parents=[common], help=COMMAND_HELP["report"])
+        report.add_argument("checkpoint", type=Path)
+        report.add_argument("--out", type=Path, required=True, help="folder for the report files")
+        report.add_argument(
+            "--plot", action="store_true", help=f"also draw {PLOT_NAME} ({PLOT_HELP})"
+        )
+    if declares("sample"):
+        sample = commands.add_parser("sample", parents=[common], help=COMMAND_HELP["sample"])
+        sample.add_argument("out", type=Path, help="file to write")
+        sample.add_argument(
+            "--rows", type=int, default=1000, help="data rows (default %(default)s)"
+        )
+        sample.add_argument("--seed", type=int, default=7, help="random seed (default %(default)s)")
+    if declares("mock-server"):
+        from engine.mock import command as mock_command
 
-    mock = commands.add_parser(
-        "mock-server", parents=[common], help="run the embedded fake Ozonetel API"
-    )
-    mock_command.add_arguments(mock)
-    demo = commands.add_parser(
-        "demo", parents=[common], help="delete the sample data from a built-in fake API, end to end"
-    )
-    demo.add_argument(
-        "--rows",
-        type=int,
-        default=0,
-        help="generate this many rows instead of using the sample file",
-    )
-    completion = commands.add_parser(
-        "completion",
-        parents=[common],
-        help='print a shell completion script: eval "$(ozbulk completion bash)"',
-        description="Print the completion script of ozbulk's commands and options for a shell. "
-        'bash: add  eval "$(ozbulk completion bash)"  to ~/.bashrc; zsh: write it to a file '
-        "named _ozbulk in a folder of $fpath.",
-    )
-    completion.add_argument("shell", choices=SHELLS)
-    ALL_PARSERS[:] = [parser, run, config, show, status, report, sample, mock, demo, completion]
-    return Parsers(parser, {"delete": run, "config": show})
+        mock = commands.add_parser(
+            "mock-server", parents=[common], help=COMMAND_HELP["mock-server"]
+        )
+        mock_command.add_arguments(mock)
+    if declares("demo"):
+        demo = commands.add_parser("demo", parents=[common], help=COMMAND_HELP["demo"])
+        demo.add_argument(
+            "--rows",
+            type=int,
+            default=0,
+            help="generate this many rows instead of using the sample file",
+        )
+    if declares("completion"):
+        completion = commands.add_parser(
+            "completion",
+            parents=[common],
+            help=COMMAND_HELP["completion"],
+            description="Print the completion script of ozbulk's commands and options for a "
+            'shell. bash: add  eval "$(ozbulk completion bash)"  to ~/.bashrc; zsh: write it to '
+            "a file named _ozbulk in a folder of $fpath.",
+        )
+        completion.add_argument("shell", choices=SHELLS)
+    return Parsers(parser, layered)
 
 
 class _Version(argparse.Action):

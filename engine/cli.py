@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import atexit
 import contextlib
+import gc
 import glob
 import json
 import logging
@@ -41,9 +42,7 @@ from engine.redact import RedactingStream
 from engine.report import default_report_dir, summary_json_text
 from engine.settings import InputSettings, RunSettings, Secret
 from engine.source import CsvSource, check_input_path
-from engine.status import write_report_for
 from engine.summary import dry_run_json, print_summary, render_summary, result_line
-from engine.telemetry_report import plot_for
 
 # Each command imports what it runs when it runs: `--help`, `--version`, `status` and `config
 # show` must start in a blink, without the HTTP stack (aiohttp, anyio) that only `delete` uses.
@@ -246,6 +245,7 @@ def cmd_delete(args: argparse.Namespace, argv: list[str], sources: dict[str, str
     from engine.pipeline import delete, display_settings, open_checkpoint
     from engine.plan import make_plan
 
+    start_up_over()
     as_json = args.log_format == "json"
     if settings.inputs.from_stdin:
         log.warning("reading standard input: this run cannot be resumed if interrupted")
@@ -260,7 +260,8 @@ def cmd_delete(args: argparse.Namespace, argv: list[str], sources: dict[str, str
                    json.dumps(display_settings(settings), default=str))  # fmt: skip
     with _source_logs_once():
         plan = make_plan(settings, prescan_allowed=not args.yes, restart=args.restart)
-    story.info("%s", plan.render())
+    if story.isEnabledFor(logging.INFO):
+        story.info("%s", plan.render())
     _show_plan(plan, as_json=as_json, quiet=args.quiet and args.yes)
     if plan.exact and plan.numbers == 0 and plan.resume is None:
         counts = plan.counts
@@ -290,7 +291,8 @@ def cmd_delete(args: argparse.Namespace, argv: list[str], sources: dict[str, str
     else:
         print_summary(outcome.result, resume=resume_hint(outcome, argv), quiet=args.quiet,
                       out=sys.stderr if to_stdout else sys.stdout)  # fmt: skip
-    story.info("%s", render_summary(outcome.result))
+    if story.isEnabledFor(logging.INFO):
+        story.info("%s", render_summary(outcome.result))
     if outcome.error is not None:
         log.error("%s", outcome.error)  # in full, on stderr and in the log file
     story.info("%s", result)
@@ -359,6 +361,20 @@ def _tell_the_story(verbose: int) -> None:
     for handler in logging.getLogger().handlers:
         if type(handler) is logging.StreamHandler and _not_the_story not in handler.filters:
             handler.addFilter(_not_the_story)
+    # With no handler left to write it (no --log-file), the story is not even composed: its
+    # first line reads the package's metadata for the version.
+    told = _story_reaches_a_handler()
+    logging.getLogger("engine.story").setLevel(logging.NOTSET if told else logging.CRITICAL + 1)
+
+
+def _story_reaches_a_handler() -> bool:
+    """True when a record of the story would pass to a handler that does not filter it out."""
+    logger: logging.Logger | None = story
+    while logger is not None:
+        if any(_not_the_story not in handler.filters for handler in logger.handlers):
+            return True
+        logger = logger.parent if logger.propagate else None
+    return False
 
 
 def _not_the_story(record: logging.LogRecord) -> bool:
@@ -453,7 +469,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
 def _dispatch(args: argparse.Namespace, argv: list[str], sources: dict[str, str]) -> int:
     command = args.command
     if command == "delete":
-        return cmd_delete(args, argv, sources)
+        return cmd_delete(args, argv, sources)  # once it has loaded the pipeline
+    start_up_over()
     if command == "config":
         return cmd_config(args, sources)
     if command == "sample":
@@ -477,6 +494,9 @@ def _dispatch(args: argparse.Namespace, argv: list[str], sources: dict[str, str]
         print(shtab.complete(build_parser(), shell=args.shell))
         return 0
     if command == "report":
+        from engine.status import write_report_for
+        from engine.telemetry_report import plot_for
+
         code = write_report_for(args.checkpoint, args.out)
         return plot_for(args.checkpoint, args.out) if args.plot else code
     raise AssertionError(f"unhandled command {command}")
@@ -487,16 +507,21 @@ def main(argv: list[str] | None = None) -> int:
     # Everything printed passes the one redactor too, whatever code printed it.
     streams = sys.stdout, sys.stderr
     sys.stdout, sys.stderr = RedactingStream(sys.stdout), RedactingStream(sys.stderr)
+    # The story is muted for this command alone (see _tell_the_story): a caller that goes on
+    # logs it as before.
+    story_level = logging.getLogger("engine.story").level
     try:
         return _main(argv)
     finally:
         sys.stdout, sys.stderr = streams
+        logging.getLogger("engine.story").setLevel(story_level)
 
 
 def _main(argv: list[str] | None = None) -> int:
     argv = hoist_global_options(list(sys.argv[1:] if argv is None else argv))
     Parser.command = argv[0] if argv and argv[0] in COMMANDS else None
-    parser, layered = build_parsers()
+    # Only the command given declares its options (every one when none is, as for --help).
+    parser, layered = build_parsers(Parser.command)
     verbose = "-v" in argv or "--verbose" in argv or "-vv" in argv
     try:
         sources: dict[str, str] = {}
@@ -533,6 +558,27 @@ def _main(argv: list[str] | None = None) -> int:
         return ExitCode.INTERNAL
 
 
+class _StartUp:
+    """Whether :func:`run` paused the cyclic garbage collector while the modules load."""
+
+    collector_paused = False
+
+
+def start_up_over() -> None:
+    """The command has loaded its modules: the cyclic garbage collector resumes, if :func:`run`
+    paused it, and never again walks what start-up made.
+
+    Start-up makes some 70,000 objects (modules, classes, functions) that live as long as the
+    process, and frees almost nothing: each collection while they load walks them all and finds
+    nothing, some 15 ms of a small run's CPU. ``gc.freeze`` then sets them aside for good, so the
+    run's own collections look only at what the run makes.
+    """
+    if _StartUp.collector_paused:
+        _StartUp.collector_paused = False
+        gc.freeze()
+        gc.enable()
+
+
 def run() -> NoReturn:
     """The ``ozbulk`` command: :func:`main`, then an exit that skips the interpreter's teardown.
 
@@ -541,7 +587,12 @@ def run() -> NoReturn:
     must reach a file or the terminal is flushed first, and the atexit handlers run (logging's
     included, which flushes --log-file); the checkpoint and the producer process were closed by
     the run itself. ``main`` stays an ordinary function for callers that go on afterwards.
+
+    The garbage collector is paused until the command has loaded its modules (see
+    :func:`start_up_over`; ``python -m engine`` pauses it before this module loads).
     """
+    _StartUp.collector_paused = True
+    gc.disable()
     code = main()
     try:
         atexit._run_exitfuncs()  # logging.shutdown among them: every handler flushed and closed

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import tomllib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,8 @@ NOT_LAYERED = frozenset({"help", "config", "command", "config_command"})
 
 
 def load_file(path: Path) -> dict[str, Any]:
+    import tomllib  # here: a run without --config does not compile the TOML parser's patterns
+
     try:
         with path.expanduser().open("rb") as handle:
             data = tomllib.load(handle)

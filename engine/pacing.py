@@ -51,23 +51,30 @@ import math
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import anyio
-from aiolimiter import AsyncLimiter
 
+from engine.lazy import lazy_exports
 from engine.limits import FIXED_SLACK_S, FIXED_SLACK_SHARE, Hypothesis, Limit, LimitModel
 from engine.rates import UNIT_WORDS, pace_text
+
+if TYPE_CHECKING:
+    from engine.bucket import CATCH_UP_MAX as CATCH_UP_MAX
+    from engine.bucket import CATCH_UP_S as CATCH_UP_S
+    from engine.bucket import AdjustableLimiter as AdjustableLimiter
+
+# The bucket is loaded by the first pace set, not with the pacer: aiolimiter reads its package's
+# metadata as it loads (~5 ms), which a run at --rate 0 that no server refuses never needs.
+__getattr__ = lazy_exports(
+    globals(), "engine.bucket", ("AdjustableLimiter", "CATCH_UP_S", "CATCH_UP_MAX")
+)
 
 log = logging.getLogger(__name__)
 
 # The bucket lets requests leave at 98 % of the rate, so that the smooth bucket, not the guard,
 # is what normally spaces them; the guard only steps in when answers come back late.
 SAFETY = 0.98
-# A request that leaves late (the event loop was busy) may be made up by the next leaving early,
-# by at most this much: without it a busy loop loses every delay for good and the achieved rate
-# sags to 80 % of the set one.
-CATCH_UP_S = 0.01
-CATCH_UP_MAX = 0.5  # of one spacing: the bucket never lets two requests leave back to back
 GUARD_SLACK_S = 0.002  # the guard's window is this much longer than the server's
 MAX_SERVER_DELAY = 1.0  # an unanswered request is taken to have been counted by then
 RTT_SAMPLES = 200  # the fastest round trip among this many recent answers
@@ -84,44 +91,6 @@ MIN_PROBE_GAP = 0.02  # seconds between two probes at the least
 MAX_PROBE_GAP = 60.0  # and at the most: one a minute while an hourly quota is spent
 MAX_PAUSE = 86_400.0  # the longest Retry-After honoured (a day)
 ANNOUNCE_PAUSE_S = 5.0  # pauses at least this long are logged at INFO, shorter ones at DEBUG
-
-
-class AdjustableLimiter(AsyncLimiter):
-    """An aiolimiter bucket whose rate can change while tasks wait on it.
-
-    aiolimiter fixes the rate at construction; replacing the limiter would forget when the last
-    request left and let two leave back to back. So the bucket is drained at the old rate up to
-    now, then the rate changes and the next waiter's wake-up is rescheduled. This touches private
-    names of aiolimiter 1.x (pinned below 2); ``tests/test_pacing.py`` checks the spacing a change
-    produces, so an aiolimiter that renamed them would fail the tests, not the users.
-
-    The bucket holds one request plus a small catch-up allowance (``CATCH_UP_S`` worth of the
-    rate, at most half a request): a request may leave that much early to make up for the one
-    before it having left late.
-    """
-
-    __slots__ = ()
-
-    def __init__(self, rate: float) -> None:
-        capacity = self._capacity(rate)
-        super().__init__(capacity, capacity / rate)
-
-    @staticmethod
-    def _capacity(rate: float) -> float:
-        return 1.0 + min(CATCH_UP_MAX, CATCH_UP_S * rate)
-
-    @property
-    def rate(self) -> float:
-        """Requests per second this bucket lets through."""
-        return self._rate_per_sec
-
-    def set_rate(self, rate: float) -> None:
-        self._leak()
-        capacity = self._capacity(rate)
-        self.max_rate = capacity
-        self.time_period = capacity / rate
-        self._rate_per_sec = rate
-        self._wake_next()
 
 
 def loop_time() -> float:
@@ -615,6 +584,8 @@ class Pacer:
         if rate is None:
             self._limiter = None
         elif self._limiter is None:
+            from engine.bucket import AdjustableLimiter
+
             self._limiter = AdjustableLimiter(rate * SAFETY)
         else:
             self._limiter.set_rate(rate * SAFETY)

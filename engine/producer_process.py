@@ -34,7 +34,7 @@ import sys
 import threading
 from collections.abc import AsyncGenerator, Callable, Iterator
 from pathlib import Path
-from typing import IO, Any, Protocol, assert_never, cast
+from typing import IO, TYPE_CHECKING, Any, Protocol, assert_never, cast
 
 import anyio
 import anyio.lowlevel
@@ -42,20 +42,14 @@ import anyio.to_thread
 
 from engine.batcher import Producer, RejectSink
 from engine.errors import InputError
-from engine.producer_messages import (
-    FRAME_HEADER,
-    Batch,
-    Crashed,
-    Done,
-    InputFailed,
-    Job,
-    LogLine,
-    Message,
-    StateSaved,
-)
 from engine.records import Chunk, InputCounts, Reject
 from engine.selection import Selection
 from engine.settings import STATE_EVERY_ROWS, InputSettings
+
+# The child's messages are imported with the child: a producer in this process (a small input, a
+# pipe) never builds their classes.
+if TYPE_CHECKING:
+    from engine.producer_messages import Batch, Message
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +91,9 @@ class FrameReader:
     """Cuts the pipe's bytes into the child's messages (see :mod:`engine.producer_child`)."""
 
     def __init__(self) -> None:
+        from engine.producer_messages import FRAME_HEADER
+
+        self._header = FRAME_HEADER
         self._buffer = bytearray()
         self._start = 0
 
@@ -107,9 +104,10 @@ class FrameReader:
         self._buffer += data
 
     def messages(self) -> Iterator[Message]:
-        buffer, size = self._buffer, FRAME_HEADER.size
+        buffer, header = self._buffer, self._header
+        size = header.size
         while len(buffer) - self._start >= size:
-            (length,) = FRAME_HEADER.unpack_from(buffer, self._start)
+            (length,) = header.unpack_from(buffer, self._start)
             end = self._start + size + length
             if len(buffer) < end:
                 return
@@ -160,6 +158,16 @@ class ProducerProcess:
         self.pid: int | None = None  # the child's, once started
 
     async def chunks(self) -> AsyncGenerator[Chunk, None]:
+        from engine.producer_messages import (
+            Batch,
+            Crashed,
+            Done,
+            InputFailed,
+            Job,
+            LogLine,
+            StateSaved,
+        )
+
         process = _take_child()
         self.pid = process.pid
         assert process.stdin is not None and process.stdout is not None

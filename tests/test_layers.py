@@ -21,7 +21,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "errors", "records", "settings", "config", "rates", "limits", "redact", "files",
         "streams", "lazy", "logs", "sample",
     ),
-    "instruments": ("pacing", "guard", "telemetry"),
+    "instruments": ("pacing", "bucket", "guard", "telemetry"),
     "producer": (
         "source", "numbers", "batcher", "selection", "state_file", "producer_messages",
         "producer_child", "producer_process", "producer_choice",

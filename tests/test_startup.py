@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import argparse
 import json
+import logging
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from engine.arguments import COMMANDS, build_parsers
 from engine.checkpoint import Checkpoint
 from tests._helpers import cli_env, delete_args
 
@@ -125,3 +128,115 @@ def test_only_version_reads_the_package_metadata(args: tuple[str, ...], tmp_path
     assert reads_metadata(*args)[0] is False
     read, shown = reads_metadata("--version")
     assert read and shown.startswith("ozbulk ") and "unknown" not in shown
+
+
+# What a small delete (read inline, --rate 0, --no-progress, no --config, no --log-file) never
+# runs: other commands (the fake API, status, demo, sample, completion), the producer child and
+# its messages, the pacer's bucket (aiolimiter, which reads package metadata as it loads), the
+# TOML parser, and the optional displays and exporters.
+NOT_FOR_A_SMALL_RUN = (
+    "engine.mock", "engine.status", "engine.demo", "engine.sample", "shtab",
+    "engine.producer_child", "engine.producer_messages", "engine.bucket", "aiolimiter",
+    "importlib.metadata", "tomllib", "rich", "engine.metrics", "prometheus_client",
+    "engine.request_log", "phonenumbers",
+)  # fmt: skip
+
+# The same entry point, reporting every module loaded and the garbage collector's state.
+PROBE_ALL = """
+import gc, json, logging, sys
+from engine.cli import main
+code = main(sys.argv[1:])
+report = {"code": code, "modules": sorted(sys.modules), "collecting": gc.isenabled(),
+          "frozen": gc.get_freeze_count(), "story": logging.getLogger("engine.story").level}
+print(json.dumps(report), file=sys.stderr)
+"""
+
+# `python -m engine` itself (it ends in os._exit): the report comes from an exit handler, which
+# the command runs before it exits.
+PROBE_COMMAND = """
+import atexit, gc, json, runpy, sys
+report = lambda: print(json.dumps({"collecting": gc.isenabled(), "frozen": gc.get_freeze_count()}),
+                       file=sys.stderr)
+atexit.register(report)
+sys.argv[0] = "ozbulk"
+runpy.run_module("engine", run_name="__main__", alter_sys=True)
+"""
+
+
+def _probe(probe: str, *args: str, cwd: Path) -> dict[str, object]:
+    done = subprocess.run(
+        [sys.executable, "-c", probe, *args], capture_output=True, text=True, timeout=60,
+        cwd=cwd, env=cli_env(), stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    result: dict[str, object] = json.loads(done.stderr.strip().splitlines()[-1])
+    return result
+
+
+def _small_run(fake_api, sample_csv, tmp_path: Path) -> list[str]:
+    server = fake_api()
+    args = delete_args(server, sample_csv(100), rate=0, concurrency=32, allow_not_found=True,
+                       summary_json=tmp_path / "summary.json")  # fmt: skip
+    return args
+
+
+def test_a_small_delete_loads_only_what_it_runs(fake_api, sample_csv, tmp_path: Path) -> None:
+    """A 100-row delete sends every number, without loading another command's modules, the
+    producer child's, the pacer's bucket, the TOML parser or a display it was not asked for."""
+    result = _probe(PROBE_ALL, *_small_run(fake_api, sample_csv, tmp_path), cwd=tmp_path)
+    assert result["code"] == 0
+    assert json.loads((tmp_path / "summary.json").read_text())["complete"] is True
+    modules = set(result["modules"])  # type: ignore[call-overload]
+    assert {"aiohttp", "anyio", "engine.pipeline", "engine.producer_process"} <= modules
+    loaded = sorted(
+        name for name in modules
+        if any(name == unwanted or name.startswith(unwanted + ".")
+               for unwanted in NOT_FOR_A_SMALL_RUN)
+    )  # fmt: skip
+    assert loaded == []
+    assert result["story"] == logging.NOTSET  # muted for the run (no --log-file), not after it
+
+
+def test_the_command_collects_garbage_again_once_its_modules_are_loaded(
+    fake_api, sample_csv, tmp_path: Path
+) -> None:
+    """`ozbulk delete` pauses the collector while it loads and sets aside what start-up made
+    (gc.freeze), then collects as usual during the run; main() leaves the collector alone."""
+    args = _small_run(fake_api, sample_csv, tmp_path)
+    command = _probe(PROBE_COMMAND, *args, "--checkpoint", "command.ckpt", cwd=tmp_path)
+    assert command["collecting"] is True
+    assert command["frozen"] > 10_000  # type: ignore[operator]
+    called = _probe(PROBE_ALL, *args, "--checkpoint", "called.ckpt", cwd=tmp_path)
+    assert called["code"] == 0
+    assert called["collecting"] is True
+    assert called["frozen"] == 0
+
+
+def test_a_run_lists_every_command_but_builds_only_its_own() -> None:
+    """The command line a run parses (one command's options) shows the same `ozbulk --help` as
+    the whole one, and declares none of the other commands' options."""
+    whole, run = build_parsers().root, build_parsers("delete").root
+    assert run.format_help() == whole.format_help()
+    for command in COMMANDS:
+        assert f"    {command}" in whole.format_help()
+    assert "--latency-ms" in _declared(whole)
+    assert "--latency-ms" not in _declared(run) and "--rate" in _declared(run)
+
+
+def _declared(parser: argparse.ArgumentParser) -> set[str]:
+    """Every flag declared by a parser and the parsers of its commands."""
+    flags = set(parser._option_string_actions)
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for command in action.choices.values():
+                flags |= _declared(command)
+    return flags
+
+
+def test_the_hint_for_a_mistake_knows_every_command_s_flags(run_cli, sample_csv) -> None:
+    """A run declares only its own options, yet an unknown flag is matched against every
+    command's, as before: --latency-m (mock-server's --latency-ms) is named."""
+    result = run_cli("delete", str(sample_csv(10)), "--user", "u", "--group-id", "1",
+                     "--latency-m", "3")  # fmt: skip
+    assert result.returncode == 2, result.output
+    assert "(did you mean --latency-ms?)" in result.stderr, result.stderr
