@@ -149,6 +149,112 @@ def _uniform_indian_mobiles(cells: Sequence[str | None]) -> list[int] | None:
     return [_INDIA_OFFSET + number for number in map(int, cells)]  # type: ignore[arg-type]
 
 
+# The mixed-batch path lays every cleaned cell out right-aligned in a row of this many bytes (the
+# longest prefix, "0091", and ten national digits), so that each character of a number is at a
+# fixed column and one strided slice reads that column for the whole batch.
+_WIDTH = 14
+_ROW = _WIDTH + 1  # and the "\n" between rows
+_RIGHT_ALIGNED = b"%%%ds" % _WIDTH
+# What a row that is not an Indian mobile is overwritten with before int() reads the batch; its
+# number is then replaced by -1.
+_FILLER = b"  916000000000"
+
+
+def _mixed_indian_mobiles(cells: Sequence[str | None]) -> list[int] | None:
+    """:func:`indian_mobile` of every cell, for a batch written several ways, in C-speed steps.
+
+    Exactly ``list(map(indian_mobile, cells))`` (-1 for a missing cell), or None when a cell
+    holds a line break or the batch is mostly something else (the caller then goes cell by
+    cell). The cells are cleaned as one text
+    (removing " -()." at once decides the same as :func:`indian_mobile`'s two rounds), each
+    written right-aligned into a row of ``_WIDTH`` bytes, and checked column by column for the
+    whole batch; the few rows that fail are found with C-speed searches and answered -1.
+    """
+    count = len(cells)
+    try:
+        joined = "\n".join(cells)  # type: ignore[arg-type]
+    except TypeError:  # a missing cell (None): "" is undecided too
+        joined = "\n".join(["" if cell is None else cell for cell in cells])
+    # One byte per character from here on: a non-ASCII one (a Devanagari digit, a superscript, a
+    # no-break space) becomes "?", which no check below accepts, as indian_mobile accepts none.
+    lines = joined.encode("ascii", "replace").translate(None, b" -().").split(b"\n")
+    if len(lines) != count:
+        return None  # a cell with a line break of its own
+    layout = b"\n".join([_RIGHT_ALIGNED] * count)
+    rows = layout % tuple(lines)
+    undecided: set[int] = set()
+    if len(rows) != _ROW * count - 1:
+        # A line too long for any Indian mobile would shift every row after it.
+        undecided.update(position for position, line in enumerate(lines) if len(line) > _WIDTH)
+        for position in undecided:
+            lines[position] = b""
+        rows = layout % tuple(lines)
+    bad_nationals = _bad_nationals(rows, count)
+    if bad_nationals is None:
+        return None
+    undecided.update(bad_nationals, _bad_prefixes(rows, count))
+    table = bytearray(rows)
+    # Every good row now reads "  91", " +91" or "0091" before its national number: int() takes
+    # each whole row, leading spaces and a leading "+" included, as its E.164 number.
+    table[2::_ROW] = b"9" * count
+    table[3::_ROW] = b"1" * count
+    for position in undecided:
+        table[position * _ROW : position * _ROW + _WIDTH] = _FILLER
+    numbers = list(map(int, table.split(b"\n")))
+    for position in undecided:
+        numbers[position] = -1
+    return numbers
+
+
+def _bad_prefixes(rows: bytes, count: int) -> set[int]:
+    """Rows whose four prefix columns are none of "", "0", "91", "+91", "0091" right-aligned.
+
+    Spaces only pad a row on the left (cleaning removed every space inside a cell), so a column
+    of spaces means the columns left of it are spaces too; with that, four column checks pin the
+    five prefixes, and a row that fails one of them is found by looking at each row's prefix.
+    """
+    first, second, third, fourth = (rows[column::_ROW] for column in range(4))
+    if (
+        not fourth.translate(None, b" 01")
+        and third == fourth.translate(_NINE_BEFORE_ONE)
+        and not second.translate(None, b" +0")
+        and first == second.replace(b"+", b" ")
+    ):
+        return set()
+    return {
+        position
+        for position in range(count)
+        if rows[position * _ROW : position * _ROW + 4] not in _PREFIX_COLUMNS
+    }
+
+
+_NINE_BEFORE_ONE = bytes.maketrans(b"01", b" 9")  # the third column, told by the fourth
+_PREFIX_COLUMNS = frozenset((b"    ", b"   0", b"  91", b" +91", b"0091"))
+
+
+def _bad_nationals(rows: bytes, count: int) -> set[int] | None:
+    """Rows whose last ten columns are not ASCII digits starting 6-9; None if too many bytes are.
+
+    A short cell is padded with spaces on the left, so its first national column is a space:
+    spaces further right need no search of their own.
+    """
+    leading = rows[4::_ROW]
+    rest = b"".join([rows[column::_ROW] for column in range(5, _WIDTH)])
+    bad: set[int] = set()
+    for columns, allowed in ((leading, b"6789"), (rest, b" 0123456789")):
+        unwanted = columns.translate(None, allowed)
+        if len(unwanted) > count // 8:
+            return None  # mostly not Indian mobiles: a search per byte would cost more
+        for value in set(unwanted):
+            # A few C-speed searches instead of a Python step per row.
+            needle = bytes((value,))
+            found = columns.find(needle)
+            while found >= 0:
+                bad.add(found % count)
+                found = columns.find(needle, found + 1)
+    return bad
+
+
 _INDIA = 91
 
 
@@ -194,9 +300,10 @@ class Normalizer:
             uniform = _uniform_indian_mobiles(cells)
             if uniform is not None:
                 return uniform, []
-            try:
-                numbers = list(map(indian_mobile, cells))  # type: ignore[arg-type]
-            except AttributeError:  # a missing cell (None)
+            mixed = _mixed_indian_mobiles(cells)
+            if mixed is not None:
+                numbers = mixed
+            else:
                 numbers = [-1 if cell is None else indian_mobile(cell) for cell in cells]
             if -1 not in numbers:
                 return numbers, []
