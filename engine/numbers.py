@@ -164,13 +164,14 @@ def _mixed_indian_mobiles(cells: Sequence[str | None]) -> list[int] | None:
     """:func:`indian_mobile` of every cell, for a batch written several ways, in C-speed steps.
 
     Exactly ``list(map(indian_mobile, cells))`` (-1 for a missing cell), or None when a cell
-    holds a line break or the batch is mostly something else (the caller then goes cell by
-    cell). The cells are cleaned as one text
+    holds a line break (the caller then goes cell by cell). The cells are cleaned as one text
     (removing " -()." at once decides the same as :func:`indian_mobile`'s two rounds), each
     written right-aligned into a row of ``_WIDTH`` bytes, and checked column by column for the
     whole batch; the few rows that fail are found with C-speed searches and answered -1.
     """
     count = len(cells)
+    if not count:
+        return []
     try:
         joined = "\n".join(cells)  # type: ignore[arg-type]
     except TypeError:  # a missing cell (None): "" is undecided too
@@ -189,10 +190,7 @@ def _mixed_indian_mobiles(cells: Sequence[str | None]) -> list[int] | None:
         for position in undecided:
             lines[position] = b""
         rows = layout % tuple(lines)
-    bad_nationals = _bad_nationals(rows, count)
-    if bad_nationals is None:
-        return None
-    undecided.update(bad_nationals, _bad_prefixes(rows, count))
+    undecided.update(_bad_prefixes(rows, count), _bad_nationals(rows, count))
     table = bytearray(rows)
     # Every good row now reads "  91", " +91" or "0091" before its national number: int() takes
     # each whole row, leading spaces and a leading "+" included, as its E.164 number.
@@ -232,8 +230,8 @@ _NINE_BEFORE_ONE = bytes.maketrans(b"01", b" 9")  # the third column, told by th
 _PREFIX_COLUMNS = frozenset((b"    ", b"   0", b"  91", b" +91", b"0091"))
 
 
-def _bad_nationals(rows: bytes, count: int) -> set[int] | None:
-    """Rows whose last ten columns are not ASCII digits starting 6-9; None if too many bytes are.
+def _bad_nationals(rows: bytes, count: int) -> set[int]:
+    """Rows whose last ten columns are not ASCII digits starting 6-9 (an Indian mobile).
 
     A short cell is padded with spaces on the left, so its first national column is a space:
     spaces further right need no search of their own.
@@ -242,11 +240,9 @@ def _bad_nationals(rows: bytes, count: int) -> set[int] | None:
     rest = b"".join([rows[column::_ROW] for column in range(5, _WIDTH)])
     bad: set[int] = set()
     for columns, allowed in ((leading, b"6789"), (rest, b" 0123456789")):
-        unwanted = columns.translate(None, allowed)
-        if len(unwanted) > count // 8:
-            return None  # mostly not Indian mobiles: a search per byte would cost more
-        for value in set(unwanted):
-            # A few C-speed searches instead of a Python step per row.
+        for value in set(columns.translate(None, allowed)):
+            # A C-speed search per unwanted byte instead of a Python step per row: a batch holds
+            # a few bad cells among a thousand numbers.
             needle = bytes((value,))
             found = columns.find(needle)
             while found >= 0:
