@@ -252,6 +252,9 @@ def _bad_nationals(rows: bytes, count: int) -> set[int]:
 
 
 _INDIA = 91
+# At most this many remembered slow-path decisions (a few MB): enough for a file's repeated junk,
+# bounded for a file whose every bad cell differs.
+_DECIDED_CELLS = 10_000
 
 
 def _region_code(region: str) -> int:
@@ -277,6 +280,10 @@ class Normalizer:
         self.country_code: int = code
         self._prefix = str(code)
         self._fast_india = self.country == "IN"
+        # What the slow path decided for each short cell it has seen (the number, or the reason it
+        # was rejected): the junk in a file ("", "n/a", "#N/A", "-") is mostly a few values
+        # repeated, and deciding one again costs 10-20 µs of regular expressions and phonenumbers.
+        self._decided: dict[str, int | str] = {}
 
     def normalize(self, cell: str | None) -> int:
         """Return the number as an int of its E.164 digits, or raise :class:`Rejected`."""
@@ -316,16 +323,28 @@ class Normalizer:
             except ValueError:
                 break
             accepted += numbers[start:position]
-            cell = cells[position]
-            try:
-                if cell is None:
-                    raise Rejected("empty: the row has no such column")
-                accepted.append(self._slow(cell))
-            except Rejected as rejected:
-                rejects.append((position, rejected.reason))
+            decided = self._decide(cells[position])
+            if isinstance(decided, int):
+                accepted.append(decided)
+            else:
+                rejects.append((position, decided))
             start = position + 1
         accepted += numbers[start:]
         return accepted, rejects
+
+    def _decide(self, cell: str | None) -> int | str:
+        """The slow path's number for a cell, or the reason it is rejected; remembered."""
+        if cell is None:
+            return "empty: the row has no such column"
+        decided = self._decided.get(cell)
+        if decided is None:
+            try:
+                decided = self._slow(cell)
+            except Rejected as rejected:
+                decided = rejected.reason
+            if len(cell) <= MAX_CELL_CHARS and len(self._decided) < _DECIDED_CELLS:
+                self._decided[cell] = decided
+        return decided
 
     def looks_like_phone(self, cell: str) -> bool:
         """True when the cell would be accepted: used to find the phone column."""

@@ -7,6 +7,7 @@ reference (``indian_mobile``, -1 for a missing cell) and ``normalize_batch`` to 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from unittest import mock
 
 import pytest
 from hypothesis import given, settings
@@ -165,3 +166,23 @@ def test_a_cell_with_a_line_break_sends_the_batch_cell_by_cell():
     cells = ["9876543210", "98765\n43210", "9876543211"]
     assert _mixed_indian_mobiles(cells) is None
     assert Normalizer("IN").normalize_batch(cells) == cell_by_cell(cells)
+
+
+def test_repeated_junk_is_decided_once():
+    """The slow path's answer for a cell is remembered: the same junk costs one decision."""
+    india = Normalizer("IN")
+    cells = ["n/a", "9876543210", "n/a", "12345", "n/a", "12345"]
+    with mock.patch.object(india, "_slow", wraps=india._slow) as slow:
+        first = india.normalize_batch(cells)
+        second = india.normalize_batch(cells)
+    assert first == second == cell_by_cell(cells)
+    assert sorted(call.args[0] for call in slow.call_args_list) == ["12345", "n/a"]
+
+
+def test_remembered_decisions_are_bounded():
+    """Only so many decisions are kept, none for an over-long cell; the answers are unchanged."""
+    india = Normalizer("IN")
+    cells = ["x" * 60, "abc", "12", "n/a", "abc", "5"]
+    with mock.patch("engine.numbers._DECIDED_CELLS", 2):
+        assert india.normalize_batch(cells) == cell_by_cell(cells)
+    assert set(india._decided) == {"abc", "12"}
