@@ -11,8 +11,9 @@ exact, and cheap to deduplicate. It becomes text only when a request body is bui
 * ``national``: ``9876543210``; the server assumes +91, so only for Indian numbers.
 
 Indian mobile numbers, the bulk of every block list, take a fast path of plain string operations
-(:func:`indian_mobile`, and :meth:`Normalizer.normalize_batch` for a whole batch written one
-way); everything else is decided by the ``phonenumbers`` library, which also names what is wrong.
+(:func:`indian_mobile`, and :meth:`Normalizer.normalize_batch` for a whole batch, written one way
+or several); everything else is decided by the ``phonenumbers`` library, which also names what is
+wrong.
 
 Every reason starts with one of a few words, so a report can be grouped by it: ``empty``,
 ``letters``, ``symbol``, ``too short``, ``too long``, ``not valid``, ``Excel scientific
@@ -158,6 +159,9 @@ _RIGHT_ALIGNED = b"%%%ds" % _WIDTH
 # What a row that is not an Indian mobile is overwritten with before int() reads the batch; its
 # number is then replaced by -1.
 _FILLER = b"  916000000000"
+# The five prefixes as their four columns read, and the third column told by the fourth.
+_PREFIX_COLUMNS = frozenset((b"    ", b"   0", b"  91", b" +91", b"0091"))
+_NINE_BEFORE_ONE = bytes.maketrans(b"01", b" 9")
 
 
 def _mixed_indian_mobiles(cells: Sequence[str | None]) -> list[int] | None:
@@ -225,10 +229,6 @@ def _bad_prefixes(rows: bytes, count: int) -> set[int]:
         for position in range(count)
         if rows[position * _ROW : position * _ROW + 4] not in _PREFIX_COLUMNS
     }
-
-
-_NINE_BEFORE_ONE = bytes.maketrans(b"01", b" 9")  # the third column, told by the fourth
-_PREFIX_COLUMNS = frozenset((b"    ", b"   0", b"  91", b" +91", b"0091"))
 
 
 def _bad_nationals(rows: bytes, count: int) -> set[int]:
