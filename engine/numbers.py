@@ -168,7 +168,8 @@ def _mixed_indian_mobiles(cells: Sequence[str | None]) -> list[int] | None:
     """:func:`indian_mobile` of every cell, for a batch written several ways, in C-speed steps.
 
     Exactly ``list(map(indian_mobile, cells))`` (-1 for a missing cell), or None when a cell
-    holds a line break (the caller then goes cell by cell). The cells are cleaned as one text
+    holds a line break or the batch is mostly something else (the caller then goes cell by
+    cell). The cells are cleaned as one text
     (removing " -()." at once decides the same as :func:`indian_mobile`'s two rounds), each
     written right-aligned into a row of ``_WIDTH`` bytes, and checked column by column for the
     whole batch; the few rows that fail are found with C-speed searches and answered -1.
@@ -194,7 +195,13 @@ def _mixed_indian_mobiles(cells: Sequence[str | None]) -> list[int] | None:
         for position in undecided:
             lines[position] = b""
         rows = layout % tuple(lines)
-    undecided.update(_bad_prefixes(rows, count), _bad_nationals(rows, count))
+    bad_nationals = _bad_nationals(rows, count)
+    if bad_nationals is None:
+        return None
+    bad_prefixes = _bad_prefixes(rows, count)
+    if bad_prefixes is None:
+        return None
+    undecided.update(bad_nationals, bad_prefixes)
     table = bytearray(rows)
     # Every good row now reads "  91", " +91" or "0091" before its national number: int() takes
     # each whole row, leading spaces and a leading "+" included, as its E.164 number.
@@ -209,12 +216,22 @@ def _mixed_indian_mobiles(cells: Sequence[str | None]) -> list[int] | None:
     return numbers
 
 
-def _bad_prefixes(rows: bytes, count: int) -> set[int]:
+def _most_undecided(count: int) -> int:
+    """How many bad rows (or bytes) a batch of ``count`` may hold and still be read whole.
+
+    A batch with more is mostly something else (names, another country's numbers): looking for
+    each bad one would cost more than going cell by cell.
+    """
+    return count // 8 + 8
+
+
+def _bad_prefixes(rows: bytes, count: int) -> set[int] | None:
     """Rows whose four prefix columns are none of "", "0", "91", "+91", "0091" right-aligned.
 
     Spaces only pad a row on the left (cleaning removed every space inside a cell), so a column
     of spaces means the columns left of it are spaces too; with that, four column checks pin the
     five prefixes, and a row that fails one of them is found by looking at each row's prefix.
+    None when there are too many of them.
     """
     first, second, third, fourth = (rows[column::_ROW] for column in range(4))
     if (
@@ -224,24 +241,31 @@ def _bad_prefixes(rows: bytes, count: int) -> set[int]:
         and first == second.replace(b"+", b" ")
     ):
         return set()
-    return {
+    bad = {
         position
         for position in range(count)
         if rows[position * _ROW : position * _ROW + 4] not in _PREFIX_COLUMNS
     }
+    return None if len(bad) > _most_undecided(count) else bad
 
 
-def _bad_nationals(rows: bytes, count: int) -> set[int]:
+def _bad_nationals(rows: bytes, count: int) -> set[int] | None:
     """Rows whose last ten columns are not ASCII digits starting 6-9 (an Indian mobile).
 
     A short cell is padded with spaces on the left, so its first national column is a space:
-    spaces further right need no search of their own.
+    spaces further right need no search of their own. None when too many bytes are bad.
     """
     leading = rows[4::_ROW]
     rest = b"".join([rows[column::_ROW] for column in range(5, _WIDTH)])
+    searches = (
+        (leading, leading.translate(None, b"6789")),
+        (rest, rest.translate(None, b" 0123456789")),
+    )
+    if sum(len(unwanted) for _columns, unwanted in searches) > _most_undecided(count):
+        return None
     bad: set[int] = set()
-    for columns, allowed in ((leading, b"6789"), (rest, b" 0123456789")):
-        for value in set(columns.translate(None, allowed)):
+    for columns, unwanted in searches:
+        for value in set(unwanted):
             # A C-speed search per unwanted byte instead of a Python step per row: a batch holds
             # a few bad cells among a thousand numbers.
             needle = bytes((value,))

@@ -13,7 +13,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.numbers import Normalizer, Rejected, _mixed_indian_mobiles, indian_mobile
+from engine.numbers import _WIDTH, Normalizer, Rejected, _mixed_indian_mobiles, indian_mobile
+from engine.sample import BAD_VALUES
 
 E164 = 919876543210
 
@@ -36,9 +37,16 @@ def cell_by_cell(cells: Sequence[str | None]) -> tuple[list[int], list[tuple[int
     return numbers, rejects
 
 
+def read_whole(cells: Sequence[str | None]) -> list[int] | None:
+    """The whole-batch answer, however many cells are bad (a real batch that is mostly bad is
+    declined, which would leave the tests' small junk-laden batches unchecked)."""
+    with mock.patch("engine.numbers._most_undecided", return_value=len(cells) * _WIDTH):
+        return _mixed_indian_mobiles(cells)
+
+
 def assert_agrees(cells: Sequence[str | None]) -> None:
     """The whole-batch answer is the per-cell one; only a cell with a line break declines."""
-    mixed = _mixed_indian_mobiles(cells)
+    mixed = read_whole(cells)
     if any(cell is not None and "\n" in cell for cell in cells):
         assert mixed is None
     else:
@@ -157,8 +165,43 @@ def test_a_batch_like_a_real_files_is_decided_whole(numbers, junk):
 def test_each_trap_between_good_neighbours(cell, expected):
     """Each trap is decided as indian_mobile decides it; its neighbours' answers are unmoved."""
     cells = ["9876543211", "+91 98765 43212", cell, "09876543213", "91-98765-43214"]
-    assert _mixed_indian_mobiles(cells) == [E164 + 1, E164 + 2, expected, E164 + 3, E164 + 4]
+    assert read_whole(cells) == [E164 + 1, E164 + 2, expected, E164 + 3, E164 + 4]
     assert_agrees(cells)
+
+
+def test_a_batch_like_the_benchmarks_is_read_whole():
+    """A thousand numbers in every style and a few of the benchmark's bad values: no decline."""
+    nationals = [str(9_000_000_000 + 7_919 * index) for index in range(1000)]
+    cells: list[str | None] = [
+        styled(("{n}", "+91 {a} {b}", "0{n}", "91-{a}-{b}")[index % 4], national)
+        for index, national in enumerate(nationals)
+    ]
+    for index, bad in enumerate(BAD_VALUES):
+        cells[index * 150] = bad
+    cells[999] = None
+    expected = [910_000_000_000 + int(national) for national in nationals]
+    for index in range(len(BAD_VALUES)):
+        expected[index * 150] = -1
+    expected[999] = -1
+    assert _mixed_indian_mobiles(cells) == expected == per_cell(cells)
+
+
+@pytest.mark.parametrize(
+    "cells",
+    [
+        [f"customer {index}" for index in range(200)],  # the wrong column
+        [f"+1 212 555 {index:04d}" for index in range(200)],  # another country's numbers
+        [f"+44 7911 {index:06d}" for index in range(200)],  # only the prefix is wrong
+        [f"81 98765 {index:05d}" for index in range(200)],  # a prefix of the allowed characters
+        [f"{index:012d}" for index in range(200)],
+        [f"5{index:09d}" for index in range(200)],  # only the national numbers are wrong
+    ],
+    ids=["names", "US numbers", "UK numbers", "81", "zeros", "starting 5"],
+)
+def test_a_batch_of_something_else_goes_cell_by_cell(cells):
+    """Mostly not Indian mobiles: declined (searching each bad row would cost more)."""
+    assert _mixed_indian_mobiles(cells) is None
+    assert Normalizer("IN").normalize_batch(cells[:20]) == cell_by_cell(cells[:20])
 
 
 def test_a_cell_with_a_line_break_sends_the_batch_cell_by_cell():
