@@ -115,7 +115,10 @@ def test_mixed_batch_decides_exactly_as_indian_mobile_cell_by_cell(cells):
 @given(st.lists(CELLS, max_size=40))
 def test_normalize_batch_still_gives_what_normalize_gives_cell_by_cell(cells):
     """Accepted numbers and (position, reason) rejects are unchanged by the whole-batch path."""
-    assert Normalizer("IN").normalize_batch(cells) == cell_by_cell(cells)
+    expected = cell_by_cell(cells)
+    assert Normalizer("IN").normalize_batch(cells) == expected
+    with mock.patch("engine.numbers._most_undecided", return_value=len(cells) * _WIDTH):
+        assert Normalizer("IN").normalize_batch(cells) == expected  # never declined for junk
 
 
 @settings(max_examples=50, deadline=None)
