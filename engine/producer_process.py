@@ -329,13 +329,26 @@ def _discard_prestarted() -> None:
 def _start_child() -> Child:
     """Fork the producer process, or start ``python -m engine.producer_child`` where forking is
     not safe; returns as soon as it runs (no waiting on it)."""
-    return _fork_child() if _can_fork() else _exec_child()
+    if _can_fork():
+        child: Child = _fork_child()
+        log.debug("producer process %d: forked", child.pid)
+    else:
+        child = _exec_child()
+        log.debug("producer process %d: started as a command (another thread runs)", child.pid)
+    return child
 
 
 def _can_fork() -> bool:
     # A fork copies only the thread that calls it: a lock another thread held at that instant
     # would stay locked in the child for ever. The command forks before anything starts one.
-    return hasattr(os, "fork") and threading.active_count() == 1
+    # The system's count is asked too (as CPython's own warning does): a thread a library
+    # started in C is no threading.Thread.
+    if not hasattr(os, "fork") or threading.active_count() != 1:
+        return False
+    try:
+        return len(os.listdir("/proc/self/task")) == 1
+    except OSError:  # no /proc (macOS): the interpreter's count must do
+        return True
 
 
 def _fork_child() -> Forked:

@@ -90,6 +90,8 @@ def test_the_cli_says_where_the_producer_ran_and_deletes_alike(
     result = run_cli("-vv", *delete_args(server, source, rate=0, summary_json="s.json", **flags))
     assert result.returncode == 0, result.output
     assert f"the producer runs {where}:" in result.output
+    # The command forks its child: nothing else runs a thread that early.
+    assert ("forked" in result.output) is (where != "inline")
     summary = json.loads((source.parent / "s.json").read_text())
     assert summary["deleted"] == seeded and summary["complete"] is True
     assert server.state.remaining(GROUP) == 0

@@ -188,6 +188,7 @@ def test_a_small_delete_loads_only_what_it_runs(fake_api, sample_csv, tmp_path: 
     assert json.loads((tmp_path / "summary.json").read_text())["complete"] is True
     modules = set(result["modules"])  # type: ignore[call-overload]
     assert {"aiohttp", "anyio", "engine.pipeline", "engine.producer_process"} <= modules
+    assert "uvloop" in modules  # the run's event loop
     loaded = sorted(
         name for name in modules
         if any(name == unwanted or name.startswith(unwanted + ".")
