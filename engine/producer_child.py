@@ -14,6 +14,7 @@ real standard output, so ``print`` and stray library output are sent to standard
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import os
 import pickle
@@ -186,6 +187,11 @@ def serve(job: int, out: int) -> None:
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    # A forked child comes with the command's objects, and with its collector paused while the
+    # command loads (engine.cli.run): what it came with is set aside for good (never walked,
+    # so never copied on write), and it collects its own garbage like any process.
+    gc.freeze()
+    gc.enable()
     # Nothing but the frames may reach the parent through ``out``, nor its standard output
     # through fd 1: a stray print goes to stderr.
     os.dup2(2, 1)
