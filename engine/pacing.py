@@ -55,20 +55,14 @@ from typing import TYPE_CHECKING
 
 import anyio
 
-from engine.lazy import lazy_exports
 from engine.limits import FIXED_SLACK_S, FIXED_SLACK_SHARE, Hypothesis, Limit, LimitModel
 from engine.rates import UNIT_WORDS, pace_text
 
+# The bucket (engine.bucket) is loaded by the first pace set, not with the pacer: aiolimiter
+# reads its package's metadata as it loads (~5 ms), which a run at --rate 0 that no server
+# refuses never needs.
 if TYPE_CHECKING:
-    from engine.bucket import CATCH_UP_MAX as CATCH_UP_MAX
-    from engine.bucket import CATCH_UP_S as CATCH_UP_S
-    from engine.bucket import AdjustableLimiter as AdjustableLimiter
-
-# The bucket is loaded by the first pace set, not with the pacer: aiolimiter reads its package's
-# metadata as it loads (~5 ms), which a run at --rate 0 that no server refuses never needs.
-__getattr__ = lazy_exports(
-    globals(), "engine.bucket", ("AdjustableLimiter", "CATCH_UP_S", "CATCH_UP_MAX")
-)
+    from engine.bucket import AdjustableLimiter
 
 log = logging.getLogger(__name__)
 

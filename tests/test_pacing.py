@@ -24,9 +24,10 @@ from typing import TypeVar
 import anyio
 import pytest
 
-from engine import pacing
+from engine import bucket, pacing
+from engine.bucket import AdjustableLimiter
 from engine.mock import ThreadedMockServer
-from engine.pacing import SAFETY, AdjustableLimiter, Pacer
+from engine.pacing import SAFETY, Pacer
 from tests._helpers import cli_env, delete_args, ozbulk_command
 from tests.virtual_time import now, run_virtual
 
@@ -49,7 +50,7 @@ def test_limiter_spaces_requests_evenly_at_its_rate() -> None:
 
     times = run_virtual(main)
     gaps = [b - a for a, b in itertools.pairwise(times)]
-    assert gaps[0] == pytest.approx((1 - pacing.CATCH_UP_S * 10) / 10)
+    assert gaps[0] == pytest.approx((1 - bucket.CATCH_UP_S * 10) / 10)
     assert gaps[1:] == pytest.approx([0.1] * 6)
 
 
@@ -77,8 +78,8 @@ def test_set_rate_reschedules_the_request_already_waiting() -> None:
     slower = run_virtual(lambda: departure_after_change(5))
     # 0.02 s at 10/s drained 0.2 of the 1.1 in the bucket; the other 0.9 drain at the new rate,
     # less the new rate's catch-up allowance.
-    assert faster == pytest.approx(0.02 + 0.9 / 20 - pacing.CATCH_UP_S, abs=1e-6)
-    assert slower == pytest.approx(0.02 + 0.9 / 5 - pacing.CATCH_UP_S, abs=1e-6)
+    assert faster == pytest.approx(0.02 + 0.9 / 20 - bucket.CATCH_UP_S, abs=1e-6)
+    assert slower == pytest.approx(0.02 + 0.9 / 5 - bucket.CATCH_UP_S, abs=1e-6)
 
 
 # -- a strict sliding-window server, simulated -----------------------------------------------
@@ -169,7 +170,7 @@ def test_no_start_up_burst() -> None:
     assert sum(at < start + 0.1 for at in departures) <= 6
     gaps = [b - a for a, b in itertools.pairwise(first)]
     sending = 50 * SAFETY
-    catch_up = min(pacing.CATCH_UP_MAX, pacing.CATCH_UP_S * sending)
+    catch_up = min(bucket.CATCH_UP_MAX, bucket.CATCH_UP_S * sending)
     assert min(gaps) >= (1 - catch_up) / sending - 1e-9
     assert sum(gaps[1:]) / len(gaps[1:]) == pytest.approx(1 / sending)
 
