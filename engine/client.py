@@ -528,19 +528,22 @@ async def read_capped(response: aiohttp.ClientResponse, limit: int, where: str) 
         # lies, without the async iteration's round trips through the event loop. It is what
         # the reader holds, which its flow control keeps small; checked all the same.
         body = content.read_nowait()
-        if len(body) > limit:
-            response.close()
-            raise _too_large(response.status, where, limit, "it kept coming")
+        _within_cap(response, len(body), limit, where)
         return body
     blocks: list[bytes] = []
     size = 0
-    async for block in response.content.iter_any():
+    async for block in content.iter_any():
         size += len(block)
-        if size > limit:
-            response.close()
-            raise _too_large(response.status, where, limit, "it kept coming")
+        _within_cap(response, size, limit, where)
         blocks.append(block)
     return b"".join(blocks)
+
+
+def _within_cap(response: aiohttp.ClientResponse, size: int, limit: int, where: str) -> None:
+    """ServerError, the connection closed (not drained), once ``size`` bytes pass the cap."""
+    if size > limit:
+        response.close()
+        raise _too_large(response.status, where, limit, "it kept coming")
 
 
 def _too_large(status: int, where: str, limit: int, why: str) -> ServerError:

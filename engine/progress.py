@@ -465,13 +465,13 @@ class LogDisplay:
         next_line = self._clock() + self.interval
         while True:
             self.story.observe(run)
+            await anyio.sleep(min(STORY_TICK_S, self.interval))
             # Sampled every tick, not only when a line is due: the rates (and so the ETA) need
             # two samples since the first answer, and the first line must already show them.
-            self.meter.read(run)
-            await anyio.sleep(min(STORY_TICK_S, self.interval))
+            figures = self.meter.read(run)
             if self._clock() >= next_line:
                 next_line += self.interval
-                self.emit(self.meter.read(run))
+                self.emit(figures)
 
     @staticmethod
     def emit(figures: Figures) -> None:
