@@ -1,14 +1,17 @@
-"""The producer process itself: ``python -m engine.producer_child``, started by the pipeline.
+"""The producer process itself: forked by the pipeline (:func:`serve`), or run as ``python -m
+engine.producer_child`` where forking is not safe.
 
-It reads its job (the inputs and which chunk ids to send) as one pickle on standard input, runs
-the very same :class:`~engine.batcher.Producer` as an in-process run, and writes frames to
-standard output: the messages of :mod:`engine.producer_messages` (batches of chunks with the
-rejects and counts, log lines, states written, then done, a bad input or a crash).
+It reads its job (the inputs and which chunk ids to send) as one pickle from a pipe (standard
+input, as a command), runs the very same :class:`~engine.batcher.Producer` as an in-process run,
+and writes frames to another (standard output, as a command): the messages of
+:mod:`engine.producer_messages` (batches of chunks with the rejects and counts, log lines, states
+written, then done, a bad input or a crash).
 
-It imports nothing of the HTTP side (aiohttp, anyio, SQLite), so it is producing within some
-50 ms of its start. Ctrl-C and SIGTERM are ignored: the parent decides how a run stops, and
-closes the pipe; the child's next write then fails and it exits. Nothing else may write to the
-real standard output, so ``print`` and stray library output are sent to standard error.
+As a command it imports nothing of the HTTP side (aiohttp, anyio, SQLite), so it is producing
+within some 50 ms of its start. Ctrl-C and SIGTERM are ignored: the parent decides how a run
+stops, and closes the pipe; the child's next write then fails and it exits. Nothing else may
+write to the frames' pipe or the real standard output, so ``print`` and stray library output
+are sent to standard error.
 """
 
 from __future__ import annotations

@@ -287,7 +287,7 @@ class Forked:
 # What a forked child that someone else reaped is taken to have exited with.
 UNKNOWN_EXIT = 255
 
-# A child started ahead of its job (see prestart), waiting for it on its standard input.
+# A child started ahead of its job (see prestart), waiting for it on its job pipe.
 _prestarted: Child | None = None
 
 
